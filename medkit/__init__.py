@@ -1,0 +1,2 @@
+"""medkit: adapting vision-language models to medical images."""
+__version__ = "0.1.0"

@@ -1,0 +1,48 @@
+"""Backbones: `load_backbone(name)` returns a `BackboneAdapter` for any supported model.
+
+Names users know:
+- `"miniclip"` / `"miniclip-smoke"`: the offline MiniCLIP (trained once, cached in data/).
+- `"ViT-B-16"` with `pretrained="openai"`, or the string `"ViT-B-16/openai"`: any
+  open_clip architecture and tag.
+- `"hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"`: open_clip models on
+  the HuggingFace hub (timm vision + HF text towers).
+- a path to an open_clip model-config JSON (random init, e.g. tiny configs for tests).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .adapter import BackboneAdapter, HFTextAdapter, OpenCLIPNativeAdapter, wrap
+from .miniclip import PRESETS as MINICLIP_PRESETS
+
+__all__ = ["BackboneAdapter", "HFTextAdapter", "OpenCLIPNativeAdapter", "load_backbone", "wrap"]
+
+
+def load_backbone(name: str, pretrained: str | None = None, device: str = "cpu",
+                  data_root: str | Path = "data", progress: bool = True) -> BackboneAdapter:
+    import open_clip
+
+    if name in MINICLIP_PRESETS:
+        from . import miniclip
+
+        model, cfg, _ = miniclip.load_or_train(name, root=data_root, progress=progress)
+        train_tf, eval_tf = miniclip.transforms(cfg)
+        return wrap(model, miniclip.tokenizer(cfg), train_tf, eval_tf, name).to(device)
+    if name.endswith(".json"):
+        return _from_config_file(Path(name), device)
+    if not name.startswith("hf-hub:") and "/" in name and pretrained is None:
+        name, pretrained = name.split("/", 1)
+    model, train_tf, eval_tf = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+    label = f"{name}/{pretrained}" if pretrained else name
+    return wrap(model, open_clip.get_tokenizer(name), train_tf, eval_tf, label).to(device)
+
+
+def _from_config_file(path: Path, device: str) -> BackboneAdapter:
+    """A randomly initialised model from an open_clip config JSON (tests, new architectures)."""
+    import open_clip
+
+    if not path.is_file():
+        raise FileNotFoundError(f"open_clip model config not found: {path}")
+    open_clip.add_model_config(path)
+    model, train_tf, eval_tf = open_clip.create_model_and_transforms(path.stem, pretrained=None, device=device)
+    return wrap(model, open_clip.get_tokenizer(path.stem), train_tf, eval_tf, path.stem).to(device)

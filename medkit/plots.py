@@ -1,0 +1,237 @@
+"""Figures for the workbook: training curves, confusion matrices, t-SNE, per-class bars, image grids.
+
+Every function returns a `matplotlib.figure.Figure` made through pyplot (so Jupyter's inline
+backend shows it at the end of the cell) and never calls `plt.show()`; callers save it with
+`Run.save_figure` and close it when they are done.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.transforms import blended_transform_factory
+from sklearn.manifold import TSNE
+
+from medkit.metrics import to_numpy
+
+LEGEND_MAX_NAMES = 15
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _tick_fontsize(n: int) -> float:
+    """Tick labels shrink with the class count so 45 names still fit side by side."""
+    return float(np.clip(360 / max(n, 1), 4, 10))
+
+
+def group_order(groups: Sequence[str]) -> list[int]:
+    """Class indices sorted by group (groups in order of first appearance), stable within a group."""
+    first_seen = {g: i for i, g in reversed(list(enumerate(groups)))}
+    return sorted(range(len(groups)), key=lambda i: first_seen[groups[i]])
+
+
+def _row_normalise(cm: np.ndarray) -> np.ndarray:
+    """Rows sum to 1; rows of classes never seen stay 0 instead of NaN."""
+    cm = cm.astype(np.float64)
+    sums = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, sums, out=np.zeros_like(cm), where=sums > 0)
+
+
+def _group_spans(ordered_groups: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(group, start, stop) runs over an already group-sorted class list."""
+    spans: list[tuple[str, int, int]] = []
+    for i, g in enumerate(ordered_groups):
+        if spans and spans[-1][0] == g:
+            spans[-1] = (g, spans[-1][1], i + 1)
+        else:
+            spans.append((g, i, i + 1))
+    return spans
+
+
+def _image_array(image: Any) -> np.ndarray:
+    """HW or HWC array for imshow from a PIL image, numpy array or CHW tensor."""
+    arr = np.asarray(image) if not hasattr(image, "detach") else to_numpy(image)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = arr.transpose(1, 2, 0)  # CHW tensors from torchvision transforms
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.dtype.kind == "f" and arr.size and (arr.min() < 0 or arr.max() > 1):
+        # Normalised tensors: rescale for display rather than letting imshow clip them.
+        arr = (arr - arr.min()) / max(float(arr.max() - arr.min()), 1e-12)
+    return arr
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def plot_history(history: pd.DataFrame) -> Figure:
+    """Loss and accuracy per epoch (train, and validation when present) in two panels."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
+        for split, style in (("train", "-o"), ("val", "--s")):
+            col = f"{split}_{metric}"
+            if col in history and history[col].notna().any():
+                ax.plot(history["epoch"], history[col], style, label=split, markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title("loss" if metric == "loss" else "accuracy")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    return fig
+
+
+def plot_confusion(
+    cm: Any,
+    classnames: Sequence[str],
+    groups: Sequence[str] | None = None,
+    title: str = "",
+) -> Figure:
+    """Row-normalised confusion heatmap; with `groups` (one name per class) classes are
+    ordered by group, separated by lines and labelled with the group name on top."""
+    cm = to_numpy(cm)
+    n = len(classnames)
+    if cm.shape != (n, n):
+        raise ValueError(f"confusion matrix {cm.shape} does not match {n} class names")
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"{len(groups)} groups given for {n} classes")
+    order = group_order(groups) if groups is not None else list(range(n))
+    names = [classnames[i] for i in order]
+    cm = _row_normalise(cm)[np.ix_(order, order)]
+
+    side = max(5.0, 0.2 * n + 3)
+    fig, ax = plt.subplots(figsize=(side + 1, side), layout="constrained")
+    sns.heatmap(cm, ax=ax, cmap="Blues", vmin=0, vmax=1, square=True,
+                xticklabels=names, yticklabels=names, cbar_kws={"label": "fraction of true class", "shrink": 0.7})
+    fontsize = _tick_fontsize(n)
+    ax.tick_params(axis="both", labelsize=fontsize)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if groups is not None:
+        _draw_group_boundaries(ax, [groups[i] for i in order], fontsize)
+    if groups is not None:
+        fig.suptitle(title)  # constrained layout puts it above the rotated group names
+    else:
+        ax.set_title(title)
+    return fig
+
+
+def _draw_group_boundaries(ax: plt.Axes, ordered_groups: Sequence[str], fontsize: float) -> None:
+    """Lines between consecutive groups and each group's name centred above its columns."""
+    above = blended_transform_factory(ax.transData, ax.transAxes)  # x in cells, y in axes fraction
+    spans = _group_spans(ordered_groups)
+    for g, start, stop in spans:
+        if start > 0:
+            ax.axhline(start, color="black", linewidth=0.8)
+            ax.axvline(start, color="black", linewidth=0.8)
+        ax.text((start + stop) / 2, 1.01, g, transform=above, rotation=45, ha="left", va="bottom",
+                fontsize=fontsize + 1)
+
+
+def plot_tsne(
+    features: Any,
+    labels: Any,
+    names: Sequence[str],
+    title: str = "",
+    seed: int = 0,
+    perplexity: float = 30,
+) -> Figure:
+    """2-D t-SNE of (N, D) features coloured by label: a legend up to 15 names, else a colour bar."""
+    x = to_numpy(features).astype(np.float32)
+    y = to_numpy(labels).astype(np.int64).ravel()
+    # sklearn requires perplexity < n_samples; tiny few-shot sets would otherwise fail.
+    perplexity = float(min(perplexity, max(len(x) - 1, 1) * 0.99))
+    emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+
+    fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
+    if len(names) <= LEGEND_MAX_NAMES:
+        palette = sns.color_palette("tab20" if len(names) > 10 else "tab10", len(names))
+        for label in np.unique(y):
+            pts = emb[y == label]
+            ax.scatter(pts[:, 0], pts[:, 1], s=12, color=palette[label], label=names[label])
+        ax.legend(fontsize=8, markerscale=1.5, loc="best")
+    else:
+        sc = ax.scatter(emb[:, 0], emb[:, 1], c=y, s=10, cmap="turbo", vmin=0, vmax=len(names) - 1)
+        fig.colorbar(sc, ax=ax, label="class index")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or "t-SNE")
+    return fig
+
+
+def plot_per_class_accuracy(
+    acc: Any,
+    classnames: Sequence[str],
+    groups: Sequence[str] | None = None,
+) -> Figure:
+    """Accuracy per class as bars (NaN = class absent, no bar), grouped and coloured by group."""
+    acc = to_numpy(acc).astype(np.float64)
+    order = group_order(groups) if groups is not None else list(range(len(classnames)))
+    df = pd.DataFrame({
+        "class": [classnames[i] for i in order],
+        "accuracy": acc[order],
+        "group": [groups[i] for i in order] if groups is not None else "all",
+    })
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(df) + 2), 4), layout="constrained")
+    sns.barplot(data=df, x="class", y="accuracy", hue="group" if groups is not None else None,
+                dodge=False, ax=ax, color=None if groups is not None else "tab:blue")
+    ax.set_ylim(0, 1.05)
+    ax.tick_params(axis="x", labelrotation=90, labelsize=_tick_fontsize(len(df)))
+    ax.set_xlabel("")
+    if groups is not None:
+        ax.legend(fontsize=7, title="group", ncols=max(1, math.ceil(len(set(groups)) / 8)))
+    return fig
+
+
+def plot_sample_grid(
+    images: Sequence[Any],
+    titles: Sequence[str],
+    ncols: int = 8,
+    title: str = "",
+) -> Figure:
+    """Images (PIL, HW/HWC arrays or CHW tensors) in a grid with one small title each."""
+    if len(images) == 0:
+        raise ValueError("no images to plot")
+    ncols = min(ncols, len(images))
+    nrows = math.ceil(len(images) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.8 * ncols, 1.9 * nrows + 0.4), squeeze=False,
+                             layout="constrained")
+    flat = axes.ravel()
+    for ax, image, name in zip(flat, images, titles):
+        arr = _image_array(image)
+        ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None)
+        ax.set_title(name, fontsize=7)
+        ax.axis("off")
+    for ax in flat[len(images):]:
+        ax.remove()  # keep fig.axes equal to the images shown
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_training_curve(steps: Sequence[float], losses: Sequence[float], title: str = "") -> Figure:
+    """A single loss-vs-step line, e.g. for contrastive pretraining."""
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    ax.plot(to_numpy(steps), to_numpy(losses), linewidth=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_bars(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "") -> Figure:
+    """Grouped bar chart; repeated rows (seeds) are averaged with a standard-deviation whisker."""
+    n_bars = df[x].nunique() * (df[hue].nunique() if hue else 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * n_bars + 2), 4), layout="constrained")
+    sns.barplot(data=df, x=x, y=y, hue=hue, errorbar="sd", ax=ax)
+    if df[x].nunique() > 6:
+        ax.tick_params(axis="x", labelrotation=45)
+    ax.set_title(title)
+    return fig

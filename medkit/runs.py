@@ -1,0 +1,277 @@
+"""Run folders (config, metrics, history, figures, checkpoints) and the shared results table.
+
+Layout under `root` (default "outputs"):
+
+    runs/<YYYYmmdd-HHMMSS>_<notebook>_<tag>[-2]/config.json, metrics.json, history.csv,
+                                                figures/, checkpoints/
+    results.csv   one row per evaluated (run, dataset, split, method…), appended by all notebooks
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import fcntl
+import io
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+RESULT_COLUMNS = [
+    "run_id", "notebook", "dataset", "split", "method", "variant", "backbone", "shots", "seed",
+    "acc", "top3", "f1_macro", "auc", "kappa", "group_acc", "train_s", "eval_s",
+]
+TRACKED_PACKAGES = ("torch", "torchvision", "open_clip_torch", "timm", "transformers",
+                    "numpy", "scikit-learn", "pandas", "matplotlib")
+RESULTS_FILE = "results.csv"
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def sanitise(name: str) -> str:
+    """Characters outside [A-Za-z0-9_.-] become "_" so names are safe in paths on every OS."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(name)) or "_"
+
+
+def package_versions(names: Iterable[str] = TRACKED_PACKAGES) -> dict[str, str]:
+    """Installed versions from package metadata (no imports, so torch is not loaded here)."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _git(*args: str) -> str | None:
+    """Output of a git command in the cwd, or None if git is missing or it fails."""
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit hash, has uncommitted changes) of the repo holding the cwd; Nones outside a repo."""
+    if _git("rev-parse", "--is-inside-work-tree") != "true":
+        return None, None
+    commit = _git("rev-parse", "HEAD")  # None in a repository without commits yet
+    status = _git("status", "--porcelain")
+    return commit, (None if status is None else bool(status))
+
+
+def json_safe(obj: Any) -> Any:
+    """A strict-JSON copy: Paths → str, numpy → Python, tuples/sets → lists, NaN → null, else repr."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # strict JSON has no NaN/inf; other tools must be able to read the files
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return sorted((json_safe(v) for v in obj), key=repr)  # sorted: stable files across runs
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return json_safe(dataclasses.asdict(obj))
+    return repr(obj)
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(json_safe(data), indent=2, sort_keys=False) + "\n")
+
+
+# --------------------------------------------------------------------------- results table
+
+
+def _csv_cell(value: Any) -> Any:
+    """None → blank; numpy/torch scalars → Python so the CSV holds plain numbers."""
+    if value is None:
+        return ""
+    if hasattr(value, "item") and not isinstance(value, str):
+        value = value.item()
+    return value
+
+
+def append_result(root: Path | str, row: Mapping[str, Any]) -> dict[str, Any]:
+    """Append one row to root/results.csv under an exclusive lock; header only when new.
+
+    The lock serialises notebooks that run in parallel, so lines never interleave and the
+    header is written exactly once.
+    """
+    unknown = sorted(set(row) - set(RESULT_COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown result fields {unknown}; allowed: {RESULT_COLUMNS}")
+    full = {c: row.get(c) for c in RESULT_COLUMNS}
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([_csv_cell(full[c]) for c in RESULT_COLUMNS])
+
+    path = Path(root) / RESULTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", newline="") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            if os.fstat(f.fileno()).st_size == 0:
+                f.write(",".join(RESULT_COLUMNS) + "\n")
+            else:
+                _check_header(f, path)
+            f.write(buf.getvalue())
+            f.flush()
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return full
+
+
+def _check_header(f: io.TextIOBase, path: Path) -> None:
+    """Refuse to append to a table written with other columns rather than corrupt it."""
+    f.seek(0)
+    header = f.readline().strip().split(",")
+    if header != RESULT_COLUMNS:
+        raise ValueError(f"{path} has columns {header}, expected {RESULT_COLUMNS}; move it aside")
+
+
+def read_results(root: Path | str = "outputs") -> pd.DataFrame:
+    """All result rows; an empty frame with RESULT_COLUMNS when nothing was recorded yet."""
+    path = Path(root) / RESULTS_FILE
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    text_cols = ["run_id", "notebook", "dataset", "split", "method", "variant", "backbone"]
+    return pd.read_csv(path, dtype={c: "string" for c in text_cols})
+
+
+def summarise(
+    df: pd.DataFrame,
+    by: Sequence[str] = ("dataset", "split", "method", "variant", "backbone", "shots"),
+    metrics: Sequence[str] = ("acc", "f1_macro", "auc"),
+) -> pd.DataFrame:
+    """Mean ± std over the rows of each group (usually seeds), as "0.512 ± 0.013" strings.
+
+    A column `n` counts the rows; with a single row the std is undefined and only the mean shows.
+    """
+    by = list(by)
+    grouped = df.groupby(by, dropna=False, sort=True)
+    stats = grouped[list(metrics)].agg(["mean", "std"])
+    out = pd.DataFrame(index=stats.index)
+    out["n"] = grouped.size()
+    for m in metrics:
+        out[m] = [_mean_std(mu, sd) for mu, sd in zip(stats[(m, "mean")], stats[(m, "std")])]
+    return out.reset_index()
+
+
+def _mean_std(mean: float, std: float) -> str:
+    if mean is None or math.isnan(mean):
+        return ""
+    return f"{mean:.3f}" if std is None or math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One notebook run: a folder holding its config, metrics, history, figures and checkpoints."""
+
+    path: Path
+    notebook: str
+    root: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.path / "figures"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def save_metrics(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge into metrics.json (later keys win) and return the merged content."""
+        path = self.path / "metrics.json"
+        merged = json.loads(path.read_text()) if path.exists() else {}
+        merged.update(json_safe(metrics))
+        _write_json(path, merged)
+        return merged
+
+    def save_history(self, history: pd.DataFrame | Sequence[Mapping[str, Any]]) -> Path:
+        """Write per-epoch rows to history.csv (overwriting: the history is complete each time)."""
+        df = history if isinstance(history, pd.DataFrame) else pd.DataFrame(list(history))
+        path = self.path / "history.csv"
+        df.to_csv(path, index=False)
+        return path
+
+    def save_figure(self, fig: Any, name: str) -> Path:
+        """figures/<name>.png at 120 dpi; the figure stays open so the notebook still shows it."""
+        stem = sanitise(name[:-4] if name.lower().endswith(".png") else name)
+        path = self.figures_dir / f"{stem}.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        return path
+
+    def checkpoint_path(self, name: str) -> Path:
+        """Path for a checkpoint file inside this run (the file itself is not created)."""
+        return self.checkpoints_dir / sanitise(name)
+
+    def add_result(self, **fields: Any) -> dict[str, Any]:
+        """Append a row to root/results.csv with this run's id and notebook filled in."""
+        return append_result(self.root, {"run_id": self.id, "notebook": self.notebook, **fields})
+
+
+def _make_unique_dir(parent: Path, name: str) -> Path:
+    """Create parent/name, or name-2, name-3… if taken; mkdir is atomic so racing runs differ."""
+    for i in range(1, 10_000):
+        path = parent / (name if i == 1 else f"{name}-{i}")
+        try:
+            path.mkdir(parents=False, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not find a free run folder for {parent / name}")
+
+
+def _run_meta(run_id: str, notebook: str) -> dict[str, Any]:
+    commit, dirty = git_state()
+    return {
+        "run_id": run_id,
+        "notebook": notebook,
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+    }
+
+
+def start_run(notebook: str, tag: str, config: Mapping[str, Any], root: Path | str = "outputs") -> Run:
+    """Create a fresh run folder and write config.json (the config plus a `_meta` block)."""
+    root = Path(root)
+    runs_dir = root / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = _make_unique_dir(runs_dir, f"{stamp}_{sanitise(notebook)}_{sanitise(tag)}")
+    (path / "figures").mkdir()
+    (path / "checkpoints").mkdir()
+    run = Run(path=path, notebook=notebook, root=root)
+    _write_json(path / "config.json", {**json_safe(dict(config)), "_meta": _run_meta(run.id, notebook)})
+    return run
