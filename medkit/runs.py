@@ -275,3 +275,23 @@ def start_run(notebook: str, tag: str, config: Mapping[str, Any], root: Path | s
     run = Run(path=path, notebook=notebook, root=root)
     _write_json(path / "config.json", {**json_safe(dict(config)), "_meta": _run_meta(run.id, notebook)})
     return run
+
+
+def open_run(path: Path | str, config: Mapping[str, Any] | None = None) -> Run:
+    """Re-open a run folder made by the workbook runner and merge the notebook's resolved
+    parameters into its config.json (the runner only knew the profile)."""
+    path = Path(path)
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{path} is not a run folder (no config.json)")
+    current = json.loads(cfg_path.read_text())
+    run = Run(path=path, notebook=current.get("_meta", {}).get("notebook", path.name), root=path.parent.parent)
+    if config:
+        _write_json(cfg_path, {**current, **json_safe(dict(config))})
+    return run
+
+
+def notebook_run(notebook: str, tag: str, config: Mapping[str, Any], run_dir: str | Path = "",
+                 root: Path | str = "outputs") -> Run:
+    """What a notebook calls: the runner's folder when headless, a fresh one in JupyterLab."""
+    return open_run(run_dir, config) if run_dir else start_run(notebook, tag, config, root)

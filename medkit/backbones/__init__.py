@@ -43,6 +43,12 @@ def _from_config_file(path: Path, device: str) -> BackboneAdapter:
 
     if not path.is_file():
         raise FileNotFoundError(f"open_clip model config not found: {path}")
+    import json
+
+    text_cfg = json.loads(path.read_text()).get("text_cfg", {})
     open_clip.add_model_config(path)
-    model, train_tf, eval_tf = open_clip.create_model_and_transforms(path.stem, pretrained=None, device=device)
+    # open_clip loads an HF text tower's pretrained weights unless told otherwise: honour the
+    # config's own flag so a tiny local config never reaches for weights it doesn't have.
+    model, train_tf, eval_tf = open_clip.create_model_and_transforms(
+        path.stem, pretrained=None, device=device, pretrained_text=text_cfg.get("hf_model_pretrained", True))
     return wrap(model, open_clip.get_tokenizer(path.stem), train_tf, eval_tf, path.stem).to(device)

@@ -267,3 +267,13 @@ def load_or_train(preset: str = "miniclip", root: Path | str = "data", progress:
         raise RuntimeError(f"{weights} does not match MiniCLIP config {cfg.key}: {bad[:5]}; delete the folder to retrain")
     model.eval()
     return model, cfg, folder
+
+
+def pretraining_history(preset: str = "miniclip", root: Path | str = "data"):
+    """The cached pretraining loss curve (a DataFrame: step, epoch, loss, seconds)."""
+    import pandas as pd
+
+    path = cache_dir(PRESETS[preset], root) / "history.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no pretraining history; load_backbone({preset!r}) trains and writes it")
+    return pd.read_csv(path)

@@ -1,0 +1,95 @@
+"""Adapter invariants for both tower families (tiny random configs + MiniCLIP's real MiniLM)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medkit.backbones import HFTextAdapter, OpenCLIPNativeAdapter, load_backbone
+from medkit.backbones import miniclip
+
+TEXTS = ["a photo of a round implant.", "an x-ray of the device with two leads", "plate"]
+
+
+@pytest.mark.parametrize("family", ["native", "hf"])
+def test_text_from_embeddings_equals_model_text_encoding(adapters, family):
+    ad = adapters[family]
+    ids = ad.tokenize(TEXTS)
+    with torch.no_grad():
+        ref = ad.encode_text(ids)
+        ours = ad.encode_text_from_embeddings(ad.token_embedding(ids), ids)
+    assert ours.shape == ref.shape == (len(TEXTS), 16)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["native", "hf"])
+def test_changed_embeddings_change_features(adapters, family):
+    """The embedding path really is used (a learned context would otherwise do nothing)."""
+    ad = adapters[family]
+    ids = ad.tokenize(TEXTS)
+    with torch.no_grad():
+        emb = ad.token_embedding(ids)
+        base = ad.encode_text_from_embeddings(emb, ids)
+        emb[:, 1] += torch.randn_like(emb[:, 1])  # not a constant: LayerNorm would remove it
+        moved = ad.encode_text_from_embeddings(emb, ids)
+    assert (base - moved).abs().max() > 1e-3
+
+
+def test_family_detection_and_widths(adapters):
+    assert isinstance(adapters["native"], OpenCLIPNativeAdapter)
+    assert isinstance(adapters["hf"], HFTextAdapter)
+    assert adapters["native"].text_width == 32 and adapters["hf"].text_width == 32
+    assert adapters["native"].embed_dim == 16 and adapters["hf"].embed_dim == 16
+    # the pooled token: EOT (highest id) for the causal tower, last unpadded for BERT
+    ids = adapters["native"].tokenize(["a photo"])
+    assert int(adapters["native"].pooled_index(ids)[0]) == int(ids[0].argmax())
+    ids = adapters["hf"].tokenize(["a photo"])
+    assert int(adapters["hf"].pooled_index(ids)[0]) == int((ids[0] != 0).sum()) - 1
+
+
+@pytest.mark.parametrize("family", ["native", "hf"])
+def test_encode_image_shapes_and_normalisation(adapters, family):
+    ad = adapters[family]
+    x = torch.randn(2, 3, ad.image_size, ad.image_size)
+    with torch.no_grad():
+        f = ad.encode_image(x, normalize=True)
+    assert f.shape == (2, 16)
+    torch.testing.assert_close(f.norm(dim=-1), torch.ones(2))
+    assert float(ad.logit_scale) == pytest.approx(1 / 0.07, rel=1e-4)
+
+
+def test_miniclip_real_minilm_text_path_matches(tmp_path):
+    """MiniCLIP = BiomedCLIP's family with real MiniLM weights: the invariant holds there too."""
+    cfg = miniclip.PRESETS["miniclip-smoke"]
+    model = miniclip.build_model(cfg)
+    from medkit.backbones.adapter import wrap
+
+    train_tf, eval_tf = miniclip.transforms(cfg)
+    ad = wrap(model, miniclip.tokenizer(cfg), train_tf, eval_tf, "miniclip-smoke").eval()
+    ids = ad.tokenize(TEXTS)
+    with torch.no_grad():
+        torch.testing.assert_close(ad.encode_text_from_embeddings(ad.token_embedding(ids), ids), ad.encode_text(ids),
+                                   rtol=1e-5, atol=1e-5)
+    assert isinstance(ad, HFTextAdapter) and ad.text_width == 384
+    # real pretrained text weights: a paraphrase is closer than an unrelated sentence
+    ids = ad.tokenize(["a round device with two leads", "a circular implant with a pair of wires",
+                       "the weather is sunny today"])
+    mask = ad.attention_mask(ids)
+    with torch.no_grad():
+        pooled = model.text.pooler(model.text.transformer(input_ids=ids, attention_mask=mask), mask)
+    pooled = torch.nn.functional.normalize(pooled, dim=-1)
+    assert float(pooled[0] @ pooled[1]) > float(pooled[0] @ pooled[2]) + 0.2
+
+
+def test_miniclip_trains_only_image_tower_projection_and_scale():
+    model = miniclip.build_model(miniclip.PRESETS["miniclip-smoke"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("visual.", "text.proj", "logit_scale")) for n in trainable)
+    assert any(n.startswith("text.proj") for n in trainable)
+    assert not any(n.startswith("text.transformer") for n in trainable)
+
+
+def test_load_backbone_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_backbone(str(tmp_path / "nope.json"))
+    with pytest.raises(ValueError, match="unknown MiniCLIP preset"):
+        miniclip.load_or_train("miniclip-huge", root=tmp_path)
