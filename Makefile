@@ -18,7 +18,6 @@ setup: $(STAMP)
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -r requirements.txt
-	$(PY) -m ipykernel install --prefix $(VENV) --name medkit --display-name "medkit (.venv)" >/dev/null
 	@rm -f $(VENV)/.installed-* && touch $@
 
 workbook: $(STAMP)

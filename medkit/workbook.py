@@ -83,7 +83,7 @@ def run_workbook(profile: str = "tiny", only: list[str] | None = None, start: st
         t0 = time.time()
         try:
             pm.execute_notebook(str(book), str(out), parameters=params, kernel_name=kernel,
-                                execution_timeout=prof.cell_timeout_s, progress_bar=False, log_output=False,
+                                execution_timeout=prof.cell_timeout_s, progress_bar=False, log_output=False, language="python",
                                 cwd=str(Path.cwd()))
         except PapermillExecutionError as e:
             raise WorkbookError(f"{book.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "

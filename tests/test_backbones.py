@@ -93,3 +93,23 @@ def test_load_backbone_errors(tmp_path):
         load_backbone(str(tmp_path / "nope.json"))
     with pytest.raises(ValueError, match="unknown MiniCLIP preset"):
         miniclip.load_or_train("miniclip-huge", root=tmp_path)
+
+
+def test_miniclip_pretrains_once_and_reloads_identically(tmp_path):
+    tiny = dict(n_images=64, batch_size=32, epochs=2)
+    model, cfg, folder = miniclip.load_or_train("miniclip-smoke", root=tmp_path, progress=False, **tiny)
+    assert (folder / "weights.pt").is_file() and (folder / "config.json").is_file()
+    import pandas as pd
+
+    hist = pd.read_csv(folder / "history.csv")
+    assert len(hist) == 4 and hist["loss"].notna().all()
+    stamp = (folder / "weights.pt").stat().st_mtime_ns
+    again, _, folder2 = miniclip.load_or_train("miniclip-smoke", root=tmp_path, progress=False, **tiny)
+    assert folder2 == folder and (folder / "weights.pt").stat().st_mtime_ns == stamp  # loaded, not retrained
+    x = torch.randn(3, 3, cfg.image_size, cfg.image_size)
+    ids = miniclip.tokenizer(cfg)(["a round device with two leads"])
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_image(x), model.encode_image(x))
+        torch.testing.assert_close(again.encode_text(ids), model.encode_text(ids))
+    # a different config is a different cache entry, never a stale hit
+    assert miniclip.cache_dir(cfg, tmp_path) != miniclip.cache_dir(miniclip.PRESETS["miniclip-smoke"], tmp_path)

@@ -42,7 +42,11 @@ def minilm_dir() -> Path:
 @dataclass(frozen=True)
 class MiniCLIPConfig:
     image_size: int = 64
-    patch_size: int = 8
+    patch_size: int = 8  # token stride in pixels (the conv stem's total stride when stem="conv")
+    # "conv": three stride-2 convolutions before the transformer (a timm hybrid ViT). Early
+    # convolutions make a from-scratch ViT far more sample-efficient, which is what a
+    # few CPU minutes of pretraining need. "patch": the plain linear patch embedding.
+    stem: str = "conv"
     width: int = 128
     depth: int = 4
     heads: int = 4
@@ -95,6 +99,7 @@ def build_model(cfg: MiniCLIPConfig) -> nn.Module:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the unused MiniLM pooler weights are expected
+    hf_logging.disable_progress_bar()
     oc = open_clip_config(cfg)
     path = str(minilm_dir())
     oc["text_cfg"].update(hf_model_name=path, hf_tokenizer_name=path)
@@ -103,14 +108,33 @@ def build_model(cfg: MiniCLIPConfig) -> nn.Module:
     # open_clip's TimmModel does not pass image_size to timm: swap in a trunk built at
     # MiniCLIP's resolution and patch size (and its width/depth).
     model.visual.trunk = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, img_size=cfg.image_size, patch_size=cfg.patch_size,
-        embed_dim=cfg.width, depth=cfg.depth, num_heads=cfg.heads, num_classes=0, global_pool="token")
+        "vit_tiny_patch16_224", pretrained=False, img_size=cfg.image_size, embed_dim=cfg.width, depth=cfg.depth,
+        num_heads=cfg.heads, num_classes=0, global_pool="token", **_stem_kwargs(cfg))
     model.visual.head.proj = nn.Linear(cfg.width, cfg.embed_dim, bias=False)
     model.visual.image_size = (cfg.image_size, cfg.image_size)
     model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
     for p in model.text.transformer.parameters():  # LayerNorms too: the tower is fully locked
         p.requires_grad_(False)
     return model
+
+
+def _stem_kwargs(cfg: MiniCLIPConfig) -> dict:
+    if cfg.stem == "patch":
+        return {"patch_size": cfg.patch_size}
+    if cfg.stem != "conv":
+        raise ValueError(f"unknown MiniCLIP stem {cfg.stem!r}; use 'conv' or 'patch'")
+    from functools import partial
+
+    from timm.layers import HybridEmbed
+
+    n = int(round(math.log2(cfg.patch_size)))
+    if 2 ** n != cfg.patch_size:
+        raise ValueError(f"conv stem needs a power-of-two patch_size, got {cfg.patch_size}")
+    chans = [3] + [min(cfg.width, 32 * 2 ** i) for i in range(n)]
+    layers: list[nn.Module] = []
+    for c_in, c_out in zip(chans[:-1], chans[1:]):
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GELU()]
+    return {"patch_size": 1, "embed_layer": partial(HybridEmbed, backbone=nn.Sequential(*layers))}
 
 
 def tokenizer(cfg: MiniCLIPConfig):
@@ -173,6 +197,8 @@ def _caption_features(model: nn.Module, tok, captions: list[str], progress: bool
     for i in tqdm(range(0, len(captions), 256), desc="encoding captions (locked MiniLM)", disable=not progress, mininterval=2):
         ids = tok(captions[i:i + 256])
         mask = (ids != hf.config.pad_token_id).long()
+        keep = int(mask.sum(1).max())  # padding never reaches the mean pooler: don't compute it
+        ids, mask = ids[:, :keep], mask[:, :keep]
         out.append(hf.pooler(hf.transformer(input_ids=ids, attention_mask=mask), mask))
     return torch.cat(out)
 
@@ -227,6 +253,7 @@ def pretrain(cfg: MiniCLIPConfig, progress: bool = True) -> tuple[nn.Module, lis
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     model.eval()
+    object.__setattr__(model, "pretraining_aux_heads", aux.eval())  # diagnostics only; not saved
     return model, history
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-CAN_BODIES = ("round", "oval", "square", "shield", "hexagonal")  # pacemaker-like cans
+CAN_BODIES = ("round", "oval", "square", "shield", "triangular")  # pacemaker-like cans
 ORTHO_BODIES = ("plate", "screw", "nail", "stem")  # orthopaedic hardware
 BODIES = CAN_BODIES + ORTHO_BODIES
 LEADS = (0, 1, 2, 3)
@@ -121,7 +121,7 @@ _BODY_WORDS = {
     "oval": ["oval", "elliptical", "egg-shaped"],
     "square": ["square", "boxy", "rectangular"],
     "shield": ["shield-shaped", "D-shaped", "half-round"],
-    "hexagonal": ["hexagonal", "six-sided", "hexagon-shaped"],
+    "triangular": ["triangular", "three-cornered", "triangle-shaped"],
 }
 _ORTHO_NOUNS = {
     "plate": ["bone plate", "flat plate", "fixation plate"],

@@ -31,12 +31,11 @@ def _body_polygon(body: str, w: float, h: float) -> list[tuple[float, float]]:
         for cx, cy, a0 in ((w / 2 - r, -h / 2 + r, -90), (w / 2 - r, h / 2 - r, 0), (-w / 2 + r, h / 2 - r, 90), (-w / 2 + r, -h / 2 + r, 180)):
             pts += [(cx + r * math.cos(math.radians(a)), cy + r * math.sin(math.radians(a))) for a in np.linspace(a0, a0 + 90, 6)]
         return pts
-    if body == "shield":  # flat top, round bottom
-        pts = [(-w / 2, -h / 2), (w / 2, -h / 2)]
-        pts += [(w / 2 * math.cos(t), h * 0.0 + (h / 2) * math.sin(t)) for t in np.linspace(0, math.pi, 24)]
-        return pts
-    if body == "hexagonal":
-        return [(w / 2 * math.cos(t), h / 2 * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 6, endpoint=False) + math.pi / 6]
+    if body == "shield":  # a half disc: flat top, round bottom
+        top = -h / 4
+        return [(-w / 2, top)] + [(w / 2 * math.cos(t), top + w / 2 * math.sin(t)) for t in np.linspace(0, math.pi, 24)]
+    if body == "triangular":
+        return [(w / 2 * math.cos(t), h / 2 * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 3, endpoint=False) - math.pi / 2]
     if body == "plate":
         return [(-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)]
     if body == "screw":  # head on top, threaded shaft, pointed tip
@@ -99,15 +98,15 @@ def _layers(cues: Cues, size: int, rng: np.random.Generator) -> dict[str, Image.
     for i in range(cues.leads):
         spread = (i - (cues.leads - 1) / 2) * 0.5
         pts = [(spread * w * 0.3 + t * math.sin(spread) * s * 0.5 + 0.08 * s * math.sin(3 * t + i), top - t * s * 0.6) for t in np.linspace(0, 1, 16)]
-        d["leads"].line(pose(pts), fill=255, width=line, joint="curve")
+        d["leads"].line(pose(pts), fill=255, width=line + line // 2, joint="curve")
     if cues.marker != "none":
-        mx, my = pose([(w * 0.18, h * 0.12)])[0]
-        r = 0.055 * s
+        mx, my = pose([(w * 0.12, h * 0.1)])[0]
+        r = 0.075 * s
         if cues.marker == "ring":
-            d["marker"].ellipse(_bbox((mx, my), r), outline=255, width=line)
+            d["marker"].ellipse(_bbox((mx, my), r), outline=255, width=line + 1)
         else:
-            d["marker"].line([(mx - r, my - r), (mx + r, my + r)], fill=255, width=line)
-            d["marker"].line([(mx - r, my + r), (mx + r, my - r)], fill=255, width=line)
+            d["marker"].line([(mx - r, my - r), (mx + r, my + r)], fill=255, width=line + 1)
+            d["marker"].line([(mx - r, my + r), (mx + r, my - r)], fill=255, width=line + 1)
     return masks
 
 
@@ -166,17 +165,30 @@ def _xray(m: dict[str, np.ndarray], body: np.ndarray, size: int, rng: np.random.
 
 
 def _natural(m: dict[str, np.ndarray], body: np.ndarray, size: int, rng: np.random.Generator) -> Image.Image:
-    def colour(lo: float, hi: float) -> np.ndarray:
-        return rng.uniform(lo, hi, 3).astype(np.float32)
+    """Clean, coloured, noise-free; lighting varies from dark to light backgrounds.
 
+    Contrast polarity is random (dark ink on a light device or light on dark), as in
+    photographs: a model pretrained here learns cue shapes rather than one polarity, so
+    part of its knowledge transfers to radiographs — not all of it (no noise, no tissue,
+    colour instead of grey).
+    """
+    def colour(lightness: float) -> np.ndarray:
+        hue = rng.uniform(0.2, 1.0, 3).astype(np.float32)
+        return np.clip(hue / hue.max() * lightness, 0, 1)
+
+    def contrasting(base: float) -> float:
+        return rng.uniform(0.55, 0.95) if base < 0.5 else rng.uniform(0.05, 0.4)
+
+    bg_light = rng.uniform(0.05, 0.95)
+    fill_light = contrasting(bg_light)
     yy = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
-    bg = colour(0.75, 1.0) * (1 - 0.15 * yy) + colour(0.75, 1.0) * 0.15 * yy  # gentle gradient
+    bg = colour(bg_light) * (1 - 0.15 * yy) + colour(bg_light) * 0.15 * yy  # gentle gradient
     img = np.broadcast_to(bg, (size, size, 3)).copy()
-    fill, ink = colour(0.2, 0.8), colour(0.0, 0.3)
+    fill, ink = colour(fill_light), colour(contrasting(fill_light))
     img = img * (1 - body[..., None]) + fill * body[..., None]
     pattern = (m["pattern"] * m["body"])[..., None]
     img = img * (1 - pattern) + ink * pattern
-    for key, c in (("leads", colour(0.0, 0.5)), ("marker", np.array([0.95, 0.95, 0.95], np.float32) if rng.random() < 0.5 else np.zeros(3, np.float32))):
+    for key, c in (("leads", colour(contrasting(bg_light))), ("marker", colour(contrasting(fill_light)))):
         a = m[key][..., None]
         img = img * (1 - a) + c * a
     return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8), mode="RGB")
