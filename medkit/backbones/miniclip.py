@@ -56,7 +56,8 @@ class MiniCLIPConfig:
     captions_per_combo: int = 3
     epochs: int = 6
     batch_size: int = 128
-    lr: float = 2e-3
+    lr: float = 1e-3
+    grad_clip: float = 1.0  # a from-scratch ViT at this lr can spike and collapse without it
     weight_decay: float = 0.05
     seed: int = 0
     # Auxiliary cue classification on the image tower during pretraining: dense labels
@@ -133,7 +134,9 @@ def _stem_kwargs(cfg: MiniCLIPConfig) -> dict:
     chans = [3] + [min(cfg.width, 32 * 2 ** i) for i in range(n)]
     layers: list[nn.Module] = []
     for c_in, c_out in zip(chans[:-1], chans[1:]):
-        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GELU()]
+        # BatchNorm: without it the stem's scale drifts and the from-scratch tower can
+        # collapse to one feature for every image in the first hundred steps.
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
     return {"patch_size": 1, "embed_layer": partial(HybridEmbed, backbone=nn.Sequential(*layers))}
 
 
@@ -218,7 +221,7 @@ def pretrain(cfg: MiniCLIPConfig, progress: bool = True) -> tuple[nn.Module, lis
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(cfg.n_images / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    warmup = max(1, total // 20)
+    warmup = max(1, total // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -244,6 +247,7 @@ def pretrain(cfg: MiniCLIPConfig, progress: bool = True) -> tuple[nn.Module, lis
                 loss = loss + cfg.aux_cue_weight * sum(F.cross_entropy(h(pooled), cues[:, j]) for j, h in enumerate(aux)) / len(aux)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             sched.step()
             with torch.no_grad():

@@ -100,13 +100,17 @@ def ortho12_classes(seed: int = 0) -> list[ClassSpec]:
     return specs
 
 
-def random_cues(rng: np.random.Generator) -> Cues:
-    """A random combination for pretraining: any outline with any attribute."""
-    body = BODIES[rng.integers(len(BODIES))]
-    is_can = body in CAN_BODIES
+def random_cues(rng: np.random.Generator, p_can: float = 0.7) -> Cues:
+    """A random combination for pretraining: any outline with any attribute.
+
+    Cans are drawn more often than hardware (they carry five attributes, hardware two),
+    and a can has at least one lead in 90% of draws, so the thin-line cue is seen often.
+    """
+    is_can = rng.random() < p_can
+    body = CAN_BODIES[rng.integers(len(CAN_BODIES))] if is_can else ORTHO_BODIES[rng.integers(len(ORTHO_BODIES))]
     return Cues(
         body=body,
-        leads=int(rng.integers(0, 4)) if is_can else 0,
+        leads=(int(rng.integers(1, 4)) if rng.random() < 0.9 else 0) if is_can else 0,
         pattern=PATTERNS[rng.integers(len(PATTERNS))],
         marker=MARKERS[rng.integers(len(MARKERS))],
         header=HEADERS[rng.integers(1, 3)] if is_can else "none",

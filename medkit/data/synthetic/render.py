@@ -35,7 +35,8 @@ def _body_polygon(body: str, w: float, h: float) -> list[tuple[float, float]]:
         top = -h / 4
         return [(-w / 2, top)] + [(w / 2 * math.cos(t), top + w / 2 * math.sin(t)) for t in np.linspace(0, math.pi, 24)]
     if body == "triangular":
-        return [(w / 2 * math.cos(t), h / 2 * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 3, endpoint=False) - math.pi / 2]
+        r = 0.62  # circumradius factor: a triangle as heavy as the other cans
+        return [(w * r * math.cos(t), h * r * math.sin(t) + h * 0.12) for t in np.linspace(0, 2 * math.pi, 3, endpoint=False) - math.pi / 2]
     if body == "plate":
         return [(-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)]
     if body == "screw":  # head on top, threaded shaft, pointed tip
