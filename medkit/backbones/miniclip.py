@@ -64,6 +64,12 @@ class MiniCLIPConfig:
     # make a from-scratch ViT learn the cues in minutes on a CPU; the contrastive loss
     # still does the aligning, so zero-shot works through text only. 0 disables it.
     aux_cue_weight: float = 1.0
+    # Share of pretraining photos shown in greyscale, as web photo collections have some:
+    # without any, colour-specific features leave zero-shot on radiographs at chance.
+    gray_fraction: float = 0.3
+    # Share of photos slightly blurred and noisy (camera shake, low light). Together with
+    # greyscale this lets part of the cue knowledge survive the trip to radiographs.
+    degrade_fraction: float = 0.3
 
     @property
     def key(self) -> str:
@@ -185,11 +191,22 @@ def _pretraining_set(cfg: MiniCLIPConfig, progress: bool) -> tuple[torch.Tensor,
             combos[cues] = list(range(len(captions), len(captions) + cfg.captions_per_combo))
             captions += [describe(cues, rng) for _ in range(cfg.captions_per_combo)]
         caption_of[i] = combos[cues][int(rng.integers(cfg.captions_per_combo))]
-        images[i] = np.asarray(render(cues, "natural", cfg.image_size, rng))
+        photo = render(cues, "natural", cfg.image_size, rng)
+        if rng.random() < cfg.gray_fraction:
+            photo = photo.convert("L").convert("RGB")
+        images[i] = _degrade(photo, rng) if rng.random() < cfg.degrade_fraction else np.asarray(photo)
         cue_index[i] = [values.index(getattr(cues, field)) for field, values in CUE_VALUES.items()]
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
     x = (x - torch.tensor(IMAGE_MEAN)[:, None, None]) / torch.tensor(IMAGE_STD)[:, None, None]
     return x, captions, caption_of, cue_index
+
+
+def _degrade(photo, rng: np.random.Generator) -> np.ndarray:
+    from PIL import ImageFilter
+
+    arr = np.asarray(photo.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.8))), np.float32) / 255
+    arr = arr + rng.normal(0, rng.uniform(0.01, 0.05), arr.shape[:2])[..., None]
+    return (np.clip(arr, 0, 1) * 255).astype(np.uint8)
 
 
 @torch.no_grad()
