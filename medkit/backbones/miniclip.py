@@ -274,7 +274,6 @@ def pretrain(cfg: MiniCLIPConfig, progress: bool = True) -> tuple[nn.Module, lis
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     model.eval()
-    object.__setattr__(model, "pretraining_aux_heads", aux.eval())  # diagnostics only; not saved
     return model, history
 
 
