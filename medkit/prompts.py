@@ -1,7 +1,7 @@
 """Hand-crafted prompt templates (the implant study's and CLIP's) and template ensembles."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 # The implant study's best hand-crafted prompts (§2.2 OrthoNet, §3.2 pacemakers).
 IMPLANT_STUDY_TEMPLATES: dict[str, str] = {
@@ -39,6 +39,3 @@ def study_template_for(dataset_has_groups: bool) -> str:
     """The study used the cardiac template for the grouped pacemaker dataset."""
     return IMPLANT_STUDY_TEMPLATES["cardiac" if dataset_has_groups else "ortho"]
 
-
-def drop_outliers(ensembles: Mapping[str, list[str]], n_last: int) -> dict[str, list[str]]:
-    return {c: s[:-n_last] if n_last else list(s) for c, s in ensembles.items()}

@@ -88,9 +88,5 @@ class Split:
         return [s.label for s in self.samples]
 
 
-def label_space_from_names(names: Sequence[str], groups: Mapping[str, str] | None = None) -> LabelSpace:
-    return LabelSpace(tuple(names), groups)
-
-
 def as_path(p: str | Path) -> Path:
     return p if isinstance(p, Path) else Path(p)
