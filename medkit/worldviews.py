@@ -50,14 +50,15 @@ def zero_shot_rows(adapter: BackboneAdapter, dataset: Dataset, prompt_sets: dict
                    splits: Sequence[str], progress: bool = True, ci_resamples: int = 0) -> tuple[list[dict], dict]:
     """Zero-shot metrics for every prompt kind × split; also returns logits for plots.
 
-    Image features are computed once per split and shared by all prompt kinds.
+    Class prompts are encoded once per prompt kind and image features once per split.
     """
     rows, logits = [], {}
     domain = dataset.domain or "real"
+    classifiers = {variant: ZeroShotClassifier.from_ensembles(adapter, ensembles, dataset.labels.classnames)
+                   for variant, ensembles in prompt_sets.items()}  # prompts encoded once, not per split
     for split in splits:
         feats, y = encode_split(adapter, dataset[split], progress=progress)
-        for variant, ensembles in prompt_sets.items():
-            clf = ZeroShotClassifier.from_ensembles(adapter, ensembles, dataset.labels.classnames)
+        for variant, clf in classifiers.items():
             out = clf.logits_from_features(feats)
             m = evaluate_logits(out, y, dataset.labels, ci_resamples=ci_resamples)
             rows.append({"dataset": dataset.name, "split": f"{domain}_{split}", "method": "zeroshot",
