@@ -15,7 +15,9 @@ Methods talk only to this protocol; none of them knows which family it runs on.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from functools import cached_property
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,11 +52,26 @@ class BackboneAdapter(nn.Module):
         """exp of the model's learned temperature (the multiplier of cosine logits)."""
         return self.model.logit_scale.exp()
 
-    @property
+    @cached_property
     def embed_dim(self) -> int:
         """Width of the joint image-text space."""
         with torch.no_grad():
             return int(self.encode_text(self.tokenize(["x"])).shape[-1])
+
+    @cached_property
+    def vision_width(self) -> int:
+        """Token width inside the image transformer (where vision prompts live)."""
+        block = self.vision_blocks()[0]
+        norm = getattr(block, "norm1", None) or getattr(block, "ln_1")
+        return int(norm.normalized_shape[0])
+
+    @property
+    def text_depth(self) -> int:
+        return len(self.text_blocks())
+
+    @property
+    def vision_depth(self) -> int:
+        return len(self.vision_blocks())
 
     @property
     def image_size(self) -> int:
@@ -64,9 +81,74 @@ class BackboneAdapter(nn.Module):
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer(list(texts)).to(self.device)
 
-    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        feats = self.model.encode_image(images.to(self.device, self.dtype))
+    def encode_image(self, images: torch.Tensor, normalize: bool = False,
+                     prompts: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """Image features; `prompts` are deep vision prompts, one entry per block.
+
+        `prompts[0]` (`[P, W]` or `[B, P, W]`) is appended after the patch, class and
+        positional embeddings (prompts get no positional embedding, as in VPT and MaPLe);
+        `prompts[i]` for i ≥ 1 replaces those P tokens at the input of block i (None: they
+        carry through). The prompt tokens are dropped before the final norm and pooling.
+        """
+        with self._vision_prompt_hooks(prompts):
+            feats = self.model.encode_image(images.to(self.device, self.dtype))
         return F.normalize(feats, dim=-1) if normalize else feats
+
+    # --- image tower structure (ViT towers of both open_clip and timm) -------------------
+    def _vision_parts(self) -> tuple[list[nn.Module], nn.Module, nn.Module, str]:
+        """(blocks, module whose input receives appended prompts, module at which prompts
+        are dropped, whether they are dropped from its input ("pre") or output ("post"))."""
+        visual = self.model.visual
+        trunk = getattr(visual, "trunk", None)
+        if trunk is not None and hasattr(trunk, "blocks") and hasattr(trunk, "norm_pre"):
+            return list(trunk.blocks), trunk.norm_pre, trunk.norm, "pre"  # timm VisionTransformer
+        if hasattr(visual, "transformer") and hasattr(visual, "ln_pre"):
+            return list(visual.transformer.resblocks), visual.ln_pre, visual.transformer, "post"  # open_clip ViT
+        raise NotImplementedError(
+            f"{type(visual).__name__} image tower: vision prompts need a ViT (timm VisionTransformer or "
+            "open_clip VisionTransformer)")
+
+    def vision_blocks(self) -> list[nn.Module]:
+        return self._vision_parts()[0]
+
+    @contextmanager
+    def _vision_prompt_hooks(self, prompts: Sequence[torch.Tensor | None] | None) -> Iterator[None]:
+        if not prompts or prompts[0] is None:
+            yield
+            return
+        blocks, entry, exit_, exit_side = self._vision_parts()
+        if len(prompts) > len(blocks):
+            raise ValueError(f"{len(prompts)} vision prompt layers for a tower of depth {len(blocks)}")
+        n = prompts[0].shape[-2]
+
+        def append(_m, args):
+            x = args[0]
+            p = prompts[0].to(x.dtype).expand(x.shape[0], -1, -1)
+            return (torch.cat([x, p], dim=1), *args[1:])
+
+        def replacer(p: torch.Tensor):
+            def hook(_m, args, kwargs):
+                x = args[0]
+                x = torch.cat([x[:, :-n], p.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+                return (x, *args[1:]), kwargs
+            return hook
+
+        def drop_pre(_m, args):
+            return (args[0][:, :-n], *args[1:])
+
+        def drop_post(_m, _args, out):
+            return out[:, :-n]
+
+        handles = [entry.register_forward_pre_hook(append)]
+        handles += [blocks[i].register_forward_pre_hook(replacer(p), with_kwargs=True)
+                    for i, p in enumerate(prompts) if i > 0 and p is not None]
+        handles.append(exit_.register_forward_pre_hook(drop_pre) if exit_side == "pre"
+                       else exit_.register_forward_hook(drop_post))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     def encode_text(self, ids_or_texts: torch.Tensor | Sequence[str], normalize: bool = False) -> torch.Tensor:
         """The model's own text path (the reference for `encode_text_from_embeddings`)."""
@@ -81,9 +163,48 @@ class BackboneAdapter(nn.Module):
         return torch.cat(out) if out else torch.empty(0)
 
     # --- family hooks ------------------------------------------------------------------
-    @property
+    @cached_property
     def text_width(self) -> int:
         return int(self.token_embedding(self.tokenize(["x"])[:, :1]).shape[-1])
+
+    def text_blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def needed_length(self, ids: torch.Tensor) -> int:
+        """How many leading positions can reach the pooled feature (the rest is padding)."""
+        raise NotImplementedError
+
+    def trim(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids cut after the last position that matters: the text tower then runs
+        over ~12 positions instead of 77 (or 256), with the same pooled features."""
+        return ids[:, : self.needed_length(ids)]
+
+    @contextmanager
+    def _text_prompt_hooks(self, deep_prompts: Sequence[torch.Tensor | None] | None,
+                           positions: torch.Tensor | None) -> Iterator[None]:
+        """Replace the context positions at the input of block i by `deep_prompts[i]` (i ≥ 1)."""
+        if not deep_prompts or all(p is None for p in deep_prompts[1:]):
+            yield
+            return
+        blocks = self.text_blocks()
+        if len(deep_prompts) > len(blocks):
+            raise ValueError(f"{len(deep_prompts)} text prompt layers for a tower of depth {len(blocks)}")
+        if positions is None:
+            raise ValueError("deep text prompts need the context positions")
+
+        def replacer(p: torch.Tensor):
+            def hook(_m, args, kwargs):
+                x = args[0]
+                return (replace_positions(x, p, positions), *args[1:]), kwargs
+            return hook
+
+        handles = [blocks[i].register_forward_pre_hook(replacer(p), with_kwargs=True)
+                   for i, p in enumerate(deep_prompts) if i > 0 and p is not None]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     def token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -93,12 +214,22 @@ class BackboneAdapter(nn.Module):
         raise NotImplementedError
 
     def encode_text_from_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor,
-                                    normalize: bool = False) -> torch.Tensor:
+                                    normalize: bool = False,
+                                    deep_prompts: Sequence[torch.Tensor | None] | None = None,
+                                    prompt_positions: torch.Tensor | None = None) -> torch.Tensor:
         """Text features from token embeddings `[N, L, D]`.
 
         `ids` are the token ids of the same prompts (with placeholder words where context
-        vectors sit): they give the pooled position and the padding mask.
+        vectors sit): they give the pooled position and the padding mask. `deep_prompts[i]`
+        (`[n, D]` or `[N, n, D]`, i ≥ 1) replaces the states at `prompt_positions` (`[n]` or
+        `[N, n]`) at the input of block i, as MaPLe/IVLP do; entry 0 is ignored (the
+        first-layer context is already in `embeddings`).
         """
+        with self._text_prompt_hooks(deep_prompts, prompt_positions):
+            x = self._encode_embeddings(embeddings, ids)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def _encode_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -124,8 +255,14 @@ class OpenCLIPNativeAdapter(BackboneAdapter):
             return torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
         return torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long, device=ids.device)
 
-    def encode_text_from_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor,
-                                    normalize: bool = False) -> torch.Tensor:
+    def text_blocks(self) -> list[nn.Module]:
+        return list(self._text().transformer.resblocks)
+
+    def needed_length(self, ids: torch.Tensor) -> int:
+        # causal attention: nothing after the pooled (EOT) position can reach it
+        return int(self.pooled_index(ids).max()) + 1
+
+    def _encode_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         t = self._text()
         length = embeddings.shape[1]
         x = embeddings + t.positional_embedding[:length].to(embeddings.dtype)
@@ -136,7 +273,7 @@ class OpenCLIPNativeAdapter(BackboneAdapter):
         proj = t.text_projection
         if proj is not None:
             x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
-        return F.normalize(x, dim=-1) if normalize else x
+        return x
 
 
 class HFTextAdapter(BackboneAdapter):
@@ -157,13 +294,25 @@ class HFTextAdapter(BackboneAdapter):
         # which this returns as the last unpadded index (the [SEP] token).
         return self.attention_mask(ids).sum(dim=-1) - 1
 
-    def encode_text_from_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor,
-                                    normalize: bool = False) -> torch.Tensor:
+    def text_blocks(self) -> list[nn.Module]:
+        return list(self._hf.transformer.encoder.layer)
+
+    def needed_length(self, ids: torch.Tensor) -> int:
+        # bidirectional, but padding is masked out: the longest unpadded prompt is enough
+        return int(self.attention_mask(ids).sum(dim=-1).max())
+
+    def _encode_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         hf = self._hf
         mask = self.attention_mask(ids.to(embeddings.device))
         out = hf.transformer(inputs_embeds=embeddings, attention_mask=mask)
-        x = hf.proj(hf.pooler(out, mask))
-        return F.normalize(x, dim=-1) if normalize else x
+        return hf.proj(hf.pooler(out, mask))
+
+
+def replace_positions(x: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x `[N, L, D]` with x[r, positions[r, j]] = values[r, j] (values/positions broadcast over rows)."""
+    n, d = values.shape[-2], x.shape[-1]
+    pos = positions.to(x.device).expand(x.shape[0], n)
+    return x.scatter(1, pos.unsqueeze(-1).expand(-1, -1, d), values.to(x.dtype).expand(x.shape[0], n, d))
 
 
 def wrap(model: nn.Module, tokenizer: Callable, preprocess_train: Callable, preprocess: Callable,
