@@ -21,6 +21,15 @@ def get_method(name: str) -> Callable:
     return REGISTRY[name]
 
 
-from .zeroshot import ZeroShotClassifier  # noqa: E402  (registers itself)
+# each module registers itself on import
+from .zeroshot import ZeroShotClassifier  # noqa: E402
+from .linear_probe import LinearProbe  # noqa: E402
+from .coop import CoOp  # noqa: E402
+from .cocoop import CoCoOp  # noqa: E402
+from .maple import MaPLe  # noqa: E402
+from .vpt_deep import VPTDeep  # noqa: E402
+from .ivlp import IVLP  # noqa: E402
+from .vit_finetune import ViTClassifier, build_vit  # noqa: E402
 
-__all__ = ["REGISTRY", "ZeroShotClassifier", "get_method", "register"]
+__all__ = ["CoCoOp", "CoOp", "IVLP", "LinearProbe", "MaPLe", "REGISTRY", "VPTDeep", "ViTClassifier",
+           "ZeroShotClassifier", "build_vit", "get_method", "register"]

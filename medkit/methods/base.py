@@ -1,0 +1,95 @@
+"""What every trainable method shares: a frozen backbone, its own few parameters.
+
+A method is an `nn.Module` whose `forward` maps a batch to class logits. Two kinds of
+input exist, and the trainer picks by `uses_cached_features`:
+
+- `True`: the image tower is frozen and unprompted (CoOp, CoCoOp, linear probe, a head
+  on a frozen ViT): `forward` takes image *features* from `encode_images`, which the
+  trainer computes once per split instead of once per step;
+- `False`: the image tower runs every step (MaPLe, VPT, IVLP, full fine-tuning):
+  `forward` takes image tensors.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medkit.backbones import BackboneAdapter
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+class FrozenBackboneMethod(nn.Module):
+    """Base of the prompt methods: the adapter is frozen and stays in eval mode.
+
+    Eval mode matters even when nothing trains: MiniCLIP's stem has BatchNorm whose running
+    statistics would drift under `train()`.
+    """
+
+    uses_cached_features: bool = True
+
+    def __init__(self, adapter: BackboneAdapter, classnames: list[str] | tuple[str, ...]) -> None:
+        super().__init__()
+        self.adapter = freeze(adapter)
+        self.classnames = list(classnames)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classnames)
+
+    def train(self, mode: bool = True) -> "FrozenBackboneMethod":
+        super().train(mode)
+        self.adapter.eval()
+        return self
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised frozen image features (what the feature cache stores)."""
+        return self.adapter.encode_image(images, normalize=True).float()
+
+    def precompute_text(self) -> torch.Tensor | None:
+        """Class text features that do not depend on the image (computed once per evaluation
+        pass); None for image-conditioned methods."""
+        return None
+
+    def cosine_logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """scale · norm(img) · norm(txt)ᵀ; text `[K, E]` or per image `[B, K, E]`."""
+        img = F.normalize(image_features.float(), dim=-1)
+        txt = F.normalize(text_features.float(), dim=-1)
+        scale = self.adapter.logit_scale.float()
+        if txt.dim() == 3:
+            return scale * torch.einsum("be,bke->bk", img, txt)
+        return scale * img @ txt.T
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Only the method's own parameters: a checkpoint never holds the backbone."""
+        return {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.named_parameters())
+        unknown = sorted(set(state) - set(params))
+        if unknown:
+            raise KeyError(f"checkpoint has parameters this method lacks: {unknown[:5]}")
+        with torch.no_grad():
+            for n, v in state.items():
+                if params[n].shape != v.shape:
+                    raise ValueError(f"{n}: checkpoint shape {tuple(v.shape)} ≠ {tuple(params[n].shape)}")
+                params[n].copy_(v)
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def class_indexed_parameters(self) -> set[str]:
+        """Names of parameters whose first axis is the class (hierarchical stage 2 expands
+        these from groups to classes; everything else is copied as is)."""
+        return set()

@@ -1,0 +1,123 @@
+"""Learnable context vectors spliced into tokenised class prompts (CoOp and its family).
+
+Every class prompt is tokenised with placeholder words where the context goes, e.g.
+`"X X X X COR-858."`; the placeholders' embeddings are replaced by the learned vectors and
+the text tower runs from embeddings. The placeholder ids keep the pooled position and the
+padding mask right for both tower families, and the ids are cut after the last position
+that can reach the pooled feature.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medkit.backbones import BackboneAdapter
+from medkit.backbones.adapter import replace_positions
+
+PLACEHOLDER = "X"
+POSITIONS = ("end", "middle", "front")
+
+
+def placeholder_id(adapter: BackboneAdapter) -> int:
+    ids = adapter.tokenize([PLACEHOLDER])[0]
+    real = ids[: adapter.needed_length(ids[None])]
+    return int(real[1])  # after the start token (SOS / [CLS])
+
+
+def phrase_embeddings(adapter: BackboneAdapter, phrase: str) -> torch.Tensor:
+    """Token embeddings `[T, D]` of a phrase without its start/end tokens."""
+    ids = adapter.tokenize([phrase])
+    n = adapter.needed_length(ids)
+    with torch.no_grad():
+        return adapter.token_embedding(ids[:, 1:n - 1])[0].float()
+
+
+def build_prompts(classnames: list[str], n_ctx: int, fixed_words: str = "", position: str = "end") -> list[str]:
+    """Class prompt strings with `n_ctx` placeholders (CoOp's class-token positions)."""
+    if position not in POSITIONS:
+        raise ValueError(f"class-token position {position!r}: choose one of {POSITIONS}")
+    ctx = [PLACEHOLDER] * n_ctx
+    fixed = f" {fixed_words}" if fixed_words else ""
+    out = []
+    for name in classnames:
+        if position == "end":
+            text = " ".join(ctx) + f"{fixed} {name}."
+        elif position == "front":
+            text = f"{name} " + " ".join(ctx) + f"{fixed}."
+        else:
+            half = n_ctx // 2
+            text = " ".join(ctx[:half]) + f" {name} " + " ".join(ctx[half:]) + f"{fixed}."
+        out.append(text.strip())
+    return out
+
+
+class PromptContext(nn.Module):
+    """Context vectors (shared `[n_ctx, D]` or class-specific `[K, n_ctx, D]`) and the
+    class prompts they are spliced into.
+
+    `init`: None → N(0, std²) (CoOp's random init); a phrase → its first `n_ctx` words'
+    embeddings, the remaining words stay as fixed text after the context (MaPLe's "a photo"
+    learnable + "of a" fixed). A class-specific context starts from the same vectors for
+    every class.
+    """
+
+    def __init__(self, adapter: BackboneAdapter, classnames: list[str], n_ctx: int | None = 4,
+                 init: str | None = None, class_specific: bool = False, position: str = "end",
+                 init_std: float = 0.02) -> None:
+        super().__init__()
+        words = init.split() if init else []
+        if n_ctx is None:
+            if not words:
+                raise ValueError("n_ctx=None needs an init phrase (its word count becomes n_ctx)")
+            n_ctx = len(words)
+        if n_ctx < 1:
+            raise ValueError(f"n_ctx must be ≥ 1, got {n_ctx}")
+        if words and len(words) < n_ctx:
+            raise ValueError(f"init phrase {init!r} has {len(words)} words, fewer than n_ctx={n_ctx}")
+        self.n_ctx, self.class_specific, self.position = n_ctx, class_specific, position
+        self.init_phrase = init
+        prompts = build_prompts(list(classnames), n_ctx, " ".join(words[n_ctx:]), position)
+        ids = adapter.trim(adapter.tokenize(prompts))
+        x_id = placeholder_id(adapter)
+        rows = [(r == x_id).nonzero().flatten() for r in ids]
+        bad = [(c, len(p)) for c, p in zip(classnames, rows) if len(p) != n_ctx]
+        if bad:
+            raise ValueError(f"class names that tokenise with the placeholder {PLACEHOLDER!r} break the prompt: "
+                             f"{bad[:3]} (expected {n_ctx} placeholders)")
+        self.register_buffer("ids", ids, persistent=False)
+        self.register_buffer("positions", torch.stack(rows), persistent=False)
+        with torch.no_grad():
+            self.register_buffer("base", adapter.token_embedding(ids).float(), persistent=False)
+        width = self.base.shape[-1]
+        if words:
+            vec = phrase_embeddings(adapter, " ".join(words[:n_ctx]))
+            if vec.shape[0] != n_ctx:
+                raise ValueError(f"init words {words[:n_ctx]} tokenise to {vec.shape[0]} tokens, not {n_ctx}: "
+                                 "choose words that are single tokens for this tokenizer")
+        else:
+            vec = torch.randn(n_ctx, width) * init_std
+        if class_specific:
+            vec = vec.unsqueeze(0).repeat(len(classnames), 1, 1)
+        self.ctx = nn.Parameter(vec)
+
+    @property
+    def n_prompts(self) -> int:
+        return self.ids.shape[0]
+
+    def shared_context(self) -> torch.Tensor:
+        """`[n_ctx, D]`: the context itself, or its class mean when class-specific (what an
+        image-side coupling sees: image prompts must not depend on the class)."""
+        return self.ctx.mean(0) if self.class_specific else self.ctx
+
+    def embeddings(self, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Prompt embeddings `[K, L, D]`, or `[B·K, L, D]` with a per-image `bias` `[B, D]`
+        added to every context token (CoCoOp)."""
+        k, n = self.n_prompts, self.n_ctx
+        ctx = self.ctx if self.class_specific else self.ctx.unsqueeze(0).expand(k, n, -1)
+        base, pos = self.base, self.positions
+        if bias is not None:
+            b = bias.shape[0]
+            ctx = (ctx.unsqueeze(0) + bias[:, None, None, :]).reshape(b * k, n, -1)
+            base = base.unsqueeze(0).expand(b, -1, -1, -1).reshape(b * k, *base.shape[1:])
+            pos = pos.repeat(b, 1)
+        return replace_positions(base.to(ctx.dtype), ctx, pos)

@@ -1,0 +1,43 @@
+"""IVLP (independent vision-language prompting; the MaPLe paper's baseline): deep text
+prompts and deep vision prompts with no coupling between them. `depth=0` is the frozen
+zero-shot model with the init prompt."""
+from __future__ import annotations
+
+import torch
+
+from medkit.backbones import BackboneAdapter
+from medkit.methods import register
+from medkit.methods.base import FrozenBackboneMethod
+from medkit.methods.context import PromptContext
+from medkit.methods.deep import prompt_stack, resolve_depth
+
+
+@register("ivlp")
+class IVLP(FrozenBackboneMethod):
+    uses_cached_features = False
+
+    def __init__(self, adapter: BackboneAdapter, classnames: list[str], n_ctx: int = 2,
+                 ctx_init: str | None = "a photo of a", depth: int | str = "all", n_vision_ctx: int = 2,
+                 class_specific: bool = False) -> None:
+        super().__init__(adapter, classnames)
+        self.depth = resolve_depth(adapter, depth)
+        self.context = PromptContext(adapter, self.classnames, n_ctx, ctx_init, class_specific)
+        self.context.ctx.requires_grad_(self.depth > 0)
+        self.deep_text = prompt_stack(max(0, self.depth - 1), self.context.n_ctx, adapter.text_width)
+        self.vision = prompt_stack(self.depth, n_vision_ctx, adapter.vision_width)
+
+    def text_features(self) -> torch.Tensor:
+        c = self.context
+        return self.adapter.encode_text_from_embeddings(c.embeddings(), c.ids, deep_prompts=[None, *self.deep_text],
+                                                        prompt_positions=c.positions)
+
+    def precompute_text(self) -> torch.Tensor:
+        return self.text_features()
+
+    def forward(self, images: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        img = self.adapter.encode_image(images, prompts=list(self.vision) or None)
+        tf = self.text_features() if text_features is None else text_features
+        return self.cosine_logits(img, tf)
+
+    def class_indexed_parameters(self) -> set[str]:
+        return {"context.ctx"} if self.context.class_specific else set()

@@ -1,0 +1,34 @@
+"""VPT-deep (Jia et al., ECCV 2022) as the MaPLe paper runs it: vision prompts at every
+layer up to `depth` (8 tokens, all layers by default) and fixed text features of a
+hand-crafted template. `depth=0` is the frozen zero-shot model."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from medkit.backbones import BackboneAdapter
+from medkit.methods import register
+from medkit.methods.base import FrozenBackboneMethod
+from medkit.methods.deep import prompt_stack, resolve_depth
+from medkit.prompts import fill
+
+
+@register("vpt_deep")
+class VPTDeep(FrozenBackboneMethod):
+    uses_cached_features = False
+
+    def __init__(self, adapter: BackboneAdapter, classnames: list[str], n_ctx: int = 8, depth: int | str = "all",
+                 template: str = "a photo of a {}.") -> None:
+        super().__init__(adapter, classnames)
+        self.depth = resolve_depth(adapter, depth, towers=("vision",))
+        self.vision = prompt_stack(self.depth, n_ctx, adapter.vision_width)
+        with torch.no_grad():
+            feats = adapter.encode_text(fill(template, self.classnames)).float()
+        self.register_buffer("class_features", F.normalize(feats, dim=-1), persistent=False)
+
+    def precompute_text(self) -> torch.Tensor:
+        return self.class_features
+
+    def forward(self, images: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        img = self.adapter.encode_image(images, prompts=list(self.vision) or None)
+        return self.cosine_logits(img, self.class_features)
