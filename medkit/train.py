@@ -1,0 +1,269 @@
+"""One training loop for every method: `fit(method, train, val, config)`.
+
+- SGD (momentum) or AdamW; cosine schedule over the epochs after a constant warm-up at a
+  small lr (the Dassl references' `ConstantWarmupScheduler`: 1 epoch at 1e-5);
+- bf16 autocast on CUDA; optional gradient clipping; early stopping on validation
+  accuracy; `select="best"` restores the best epoch (the references report the last);
+- a checkpoint of the method's own parameters, optimizer, schedule, history and RNG
+  states after every epoch, and `resume=True` to continue an interrupted run;
+- per-epoch history (train/val loss and accuracy, lr, seconds) and callbacks;
+- inputs: a `Split` of images, or `(features, labels)` for methods whose image tower is
+  frozen and unprompted (`method.uses_cached_features`) — then each step costs only the
+  method's own work, not an image-tower pass.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from medkit.data import ImageDataset, Split
+
+Data = Split | tuple[torch.Tensor, torch.Tensor]
+Callback = Callable[[dict, nn.Module], bool | None]  # return True to stop training
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "sgd"  # "sgd" (momentum) or "adamw"
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    grad_clip: float | None = None
+    amp: bool = True  # bf16 autocast, CUDA only
+    patience: int | None = None  # early stopping: epochs without a better val accuracy
+    select: str = "last"  # "last" (the references) or "best" (restore the best val epoch)
+    seed: int = 1
+    augment: bool = True  # image inputs: the training transform (else the evaluation one)
+    device: str = "cpu"
+    eval_batch_size: int = 256
+
+    def with_(self, **overrides: Any) -> "TrainConfig":
+        unknown = sorted(set(overrides) - set(asdict(self)))
+        if unknown:
+            raise TypeError(f"unknown TrainConfig fields {unknown}")
+        return replace(self, **overrides)
+
+
+# The references' settings (anchors.md). Profiles scale epochs and batch sizes down.
+METHOD_DEFAULTS: dict[str, TrainConfig] = {
+    "coop": TrainConfig(epochs=50, batch_size=32, lr=0.002),
+    "cocoop": TrainConfig(epochs=10, batch_size=1, lr=0.002),
+    "maple": TrainConfig(epochs=5, batch_size=4, lr=0.0035),
+    "vpt_deep": TrainConfig(epochs=5, batch_size=4, lr=0.0025),
+    "ivlp": TrainConfig(epochs=5, batch_size=4, lr=0.0025),
+    "vit_finetune": TrainConfig(epochs=10, batch_size=32, optimizer="adamw", lr=1e-4, weight_decay=0.05,
+                                warmup_epochs=0, grad_clip=1.0),
+}
+
+
+def default_config(method: str, **overrides: Any) -> TrainConfig:
+    return METHOD_DEFAULTS.get(method, TrainConfig()).with_(**overrides)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_factor(epoch: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base lr in `epoch` (0-based)."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.warmup_lr / cfg.lr
+    return 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if not params:
+        raise ValueError("this method has no trainable parameters")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adamw'")
+
+
+def transforms_of(method: nn.Module) -> tuple[Callable, Callable]:
+    """(training, evaluation) image transforms of a method."""
+    owner = method.adapter if hasattr(method, "adapter") else method
+    return owner.preprocess_train, owner.preprocess
+
+
+def loader(method: nn.Module, data: Data, batch_size: int, shuffle: bool, train_transform: bool,
+           generator: torch.Generator | None = None) -> DataLoader:
+    if isinstance(data, tuple):
+        if not method.uses_cached_features:
+            raise TypeError(f"{type(method).__name__} runs its image tower each step: pass a Split, not features")
+        feats, labels = data
+        return DataLoader(TensorDataset(feats, labels), batch_size=batch_size, shuffle=shuffle, generator=generator)
+    if method.uses_cached_features:
+        return loader(method, encode(method, data, batch_size=256), batch_size, shuffle, False, generator)
+    tf_train, tf_eval = transforms_of(method)
+    return DataLoader(ImageDataset(data, tf_train if train_transform else tf_eval), batch_size=batch_size,
+                      shuffle=shuffle, generator=generator)
+
+
+@torch.no_grad()
+def encode(method: nn.Module, split: Split, batch_size: int = 256, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen image features of a split with the method's evaluation transform."""
+    _, tf_eval = transforms_of(method)
+    dl = DataLoader(ImageDataset(split, tf_eval), batch_size=batch_size)
+    device = _device(method)
+    feats, labels = [], []
+    for x, y in tqdm(dl, desc=f"encoding {split.name}", disable=not progress, mininterval=2):
+        feats.append(method.encode_images(x.to(device)).float().cpu())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def _device(method: nn.Module) -> torch.device:
+    return next(method.parameters()).device
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+
+
+@torch.no_grad()
+def predict(method: nn.Module, data: Data, batch_size: int = 256, amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) over a split or cached features; class prompts encoded once per pass."""
+    was = method.training
+    method.eval()
+    device = _device(method)
+    cfg = TrainConfig(amp=amp)
+    with _autocast(cfg, device):
+        text = method.precompute_text()
+        out, ys = [], []
+        for x, y in loader(method, data, batch_size, shuffle=False, train_transform=False):
+            out.append(method(x.to(device), text_features=text).float().cpu())
+            ys.append(y)
+    method.train(was)
+    return torch.cat(out), torch.cat(ys)
+
+
+def _evaluate(method: nn.Module, data: Data | None, cfg: TrainConfig) -> tuple[float, float]:
+    if data is None:
+        return float("nan"), float("nan")
+    logits, y = predict(method, data, cfg.eval_batch_size, cfg.amp)
+    return float(nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+
+
+def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainConfig = TrainConfig(),
+        checkpoint_dir: str | Path | None = None, resume: bool = False, callbacks: Sequence[Callback] = (),
+        progress: bool | str = True, desc: str = "") -> pd.DataFrame:
+    """Train `method` in place; returns the per-epoch history.
+
+    `progress`: True → a tqdm bar over steps; "lines" → one printed line per epoch (headless
+    runs); False → silent.
+    """
+    cfg = config
+    if cfg.select not in ("last", "best"):
+        raise ValueError(f"select={cfg.select!r}: use 'last' or 'best'")
+    device = torch.device(cfg.device)
+    method.to(device)
+    seed_everything(cfg.seed)
+    if method.uses_cached_features and not isinstance(train, tuple):
+        train = encode(method, train)
+        val = encode(method, val) if isinstance(val, Split) else val
+    params = [p for p in method.parameters() if p.requires_grad]
+    opt = _optimizer(params, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, cfg))
+    history: list[dict] = []
+    best_acc, best_state, stale, start_epoch = -1.0, None, 0, 0
+    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    if resume and ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        method.load_trainable_state(state["method"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history, best_acc, best_state, stale = state["history"], state["best_acc"], state["best_state"], state["stale"]
+        start_epoch = state["epoch"] + 1
+        # the next epoch's lr from this config: the saved one was set by the old config's
+        # schedule (0 after a finished cosine when a run is extended to more epochs)
+        for group, base in zip(opt.param_groups, sched.base_lrs):
+            group["lr"] = base * lr_factor(start_epoch, cfg)
+        torch.set_rng_state(state["torch_rng"])
+    gen = torch.Generator().manual_seed(cfg.seed)
+    steps = len(loader(method, train, cfg.batch_size, True, cfg.augment, gen)) if progress is True else 0
+    bar = tqdm(total=steps * (cfg.epochs - start_epoch), desc=desc or type(method).__name__,
+               disable=progress is not True, mininterval=1)
+    t0 = time.time()
+    for epoch in range(start_epoch, cfg.epochs):
+        gen.manual_seed(cfg.seed * 10007 + epoch)  # a resumed run shuffles as an uninterrupted one
+        method.train()
+        total, correct, seen = 0.0, 0, 0
+        for x, y in loader(method, train, cfg.batch_size, True, cfg.augment, gen):
+            x, y = x.to(device), y.to(device)
+            with _autocast(cfg, device):
+                logits = method(x)
+                loss = method.loss(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            total += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            bar.update()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}", refresh=False)
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        val_loss, val_acc = _evaluate(method, val, cfg)
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": total / max(seen, 1), "train_acc": correct / max(seen, 1),
+               "val_loss": val_loss, "val_acc": val_acc, "seconds": time.time() - t0}
+        history.append(row)
+        if progress == "lines":
+            print(f"{desc or type(method).__name__} epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.3f} "
+                  f"acc {row['train_acc']:.3f} val_acc {val_acc:.3f} lr {lr:.2e} {row['seconds']:.0f}s", flush=True)
+        improved = not math.isnan(val_acc) and val_acc > best_acc
+        if improved:
+            best_acc, stale = val_acc, 0
+            if cfg.select == "best":
+                best_state = method.trainable_state()
+        else:
+            stale += 1
+        if ckpt is not None:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"epoch": epoch, "method": method.trainable_state(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "history": history, "best_acc": best_acc,
+                        "best_state": best_state, "stale": stale, "torch_rng": torch.get_rng_state(),
+                        "config": asdict(cfg)}, tmp)
+            tmp.replace(ckpt)  # never a half-written checkpoint
+        stop = any(cb(row, method) for cb in callbacks)
+        if stop or (cfg.patience is not None and stale >= cfg.patience):
+            break
+    bar.close()
+    if cfg.select == "best" and best_state is not None:
+        method.load_trainable_state(best_state)
+    method.eval()
+    return pd.DataFrame(history)
+
+
+def count_parameters(method: nn.Module) -> dict[str, int]:
+    trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
+    return {"trainable": trainable, "total": sum(p.numel() for p in method.parameters())}
+
+
+def trainable_names(method: nn.Module) -> list[str]:
+    return [n for n, p in method.named_parameters() if p.requires_grad]
+
+
+__all__: Iterable[str] = ["TrainConfig", "METHOD_DEFAULTS", "default_config", "fit", "predict", "encode",
+                          "seed_everything", "lr_factor", "count_parameters", "trainable_names"]
