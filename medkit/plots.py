@@ -7,7 +7,7 @@ backend shows it at the end of the cell) and never calls `plt.show()`; callers s
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -234,4 +234,62 @@ def plot_bars(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: s
     if df[x].nunique() > 6:
         ax.tick_params(axis="x", labelrotation=45)
     ax.set_title(title)
+    return fig
+
+
+def plot_learned_vs_zeroshot(
+    panels: Sequence[tuple[str, Any, Any]],
+    labels: Any,
+    names: Sequence[str],
+    groups: Sequence[str] | None = None,
+    seed: int = 0,
+) -> Figure:
+    """t-SNE panels side by side, e.g. ("zero-shot", image feats, class text feats) and
+    ("learned", …) (text None: images only): image features as dots, class text features as stars, coloured by
+    group when there are groups (45 class colours are unreadable), else by class."""
+    y = to_numpy(labels).astype(np.int64).ravel()
+    colour_names = list(dict.fromkeys(groups)) if groups is not None else list(names)
+    colour_of_class = np.array([colour_names.index(g) for g in groups]) if groups is not None else np.arange(len(names))
+    palette = sns.color_palette("tab10" if len(colour_names) <= 10 else "tab20", len(colour_names))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.5), layout="constrained", squeeze=False)
+    for ax, (title, img, txt) in zip(axes[0], panels):
+        img = to_numpy(img).astype(np.float32)
+        txt = np.zeros((0, img.shape[1]), np.float32) if txt is None else to_numpy(txt).astype(np.float32)
+        img = img / np.linalg.norm(img, axis=1, keepdims=True)
+        txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+        x = np.concatenate([img, txt])
+        perplexity = float(min(30, (len(x) - 1) * 0.99))
+        emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+        pts, stars = emb[: len(img)], emb[len(img):]
+        for c, name in enumerate(colour_names):
+            sel = colour_of_class[y] == c
+            ax.scatter(pts[sel, 0], pts[sel, 1], s=8, alpha=0.6, color=palette[c], label=name)
+            own = colour_of_class == c
+            if len(txt):
+                ax.scatter(stars[own, 0], stars[own, 1], s=140, marker="*", color=palette[c], edgecolor="black", linewidth=0.6)
+        ax.set_title(f"{title}\n(dots: test images" + (" · stars: class text features)" if len(txt) else ")"))
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][-1].legend(fontsize=8, markerscale=2, loc="best", title="group" if groups is not None else "class")
+    return fig
+
+
+def plot_histories(histories: Mapping[str, pd.DataFrame], title: str = "") -> Figure:
+    """Loss and accuracy curves of several runs in two panels (train solid, val dashed)."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    palette = sns.color_palette("tab10", max(len(histories), 1))
+    for colour, (label, h) in zip(palette, histories.items()):
+        ax_loss.plot(h["epoch"], h["train_loss"], "-o", color=colour, markersize=3, label=f"{label}")
+        if h["val_loss"].notna().any():
+            ax_loss.plot(h["epoch"], h["val_loss"], "--", color=colour)
+        ax_acc.plot(h["epoch"], h["train_acc"], "-o", color=colour, markersize=3, label=f"{label}")
+        if h["val_acc"].notna().any():
+            ax_acc.plot(h["epoch"], h["val_acc"], "--", color=colour)
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{name} (solid: train · dashed: val)")
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
     return fig

@@ -51,6 +51,7 @@ class TrainConfig:
     augment: bool = True  # image inputs: the training transform (else the evaluation one)
     device: str = "cpu"
     eval_batch_size: int = 256
+    max_steps_per_epoch: int | None = None  # smoke runs: a couple of batches per epoch exercise every path
 
     def with_(self, **overrides: Any) -> "TrainConfig":
         unknown = sorted(set(overrides) - set(asdict(self)))
@@ -200,6 +201,7 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
         torch.set_rng_state(state["torch_rng"])
     gen = torch.Generator().manual_seed(cfg.seed)
     steps = len(loader(method, train, cfg.batch_size, True, cfg.augment, gen)) if progress is True else 0
+    steps = min(steps, cfg.max_steps_per_epoch or steps)
     bar = tqdm(total=steps * (cfg.epochs - start_epoch), desc=desc or type(method).__name__,
                disable=progress is not True, mininterval=1)
     t0 = time.time()
@@ -207,7 +209,9 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
         gen.manual_seed(cfg.seed * 10007 + epoch)  # a resumed run shuffles as an uninterrupted one
         method.train()
         total, correct, seen = 0.0, 0, 0
-        for x, y in loader(method, train, cfg.batch_size, True, cfg.augment, gen):
+        for step, (x, y) in enumerate(loader(method, train, cfg.batch_size, True, cfg.augment, gen)):
+            if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
+                break
             x, y = x.to(device), y.to(device)
             with _autocast(cfg, device):
                 logits = method(x)
