@@ -25,7 +25,7 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", backbone="miniclip-smoke", world="smoke", cell_timeout_s=600, tsne_points=150, bootstrap=100),
-    "tiny": Profile("tiny", backbone="miniclip", world="tiny"),
+    "tiny": Profile("tiny", backbone="miniclip", world="tiny", tsne_points=400),
     "paper": Profile("paper", backbone="ViT-B-16/openai", world="paper", device="cuda", cell_timeout_s=None),
 }
 

@@ -16,7 +16,7 @@ from medkit.methods import ZeroShotClassifier
 from medkit.plots import plot_confusion, plot_histories, plot_learned_vs_zeroshot
 
 from medkit.prompts import study_template_for
-from medkit.study import HIERARCHY_SETTINGS, Outcome, _spread, learned_features
+from medkit.study import HIERARCHY_SETTINGS, Outcome, spread_subset, learned_features
 
 
 def mean_test_acc(outcomes: Sequence[Outcome], variant: str) -> float:
@@ -56,7 +56,7 @@ def tsne_figure(outcome: Outcome, dataset: Dataset, adapter: BackboneAdapter, po
     from medkit.data import ImageDataset, Split
     from torch.utils.data import DataLoader
 
-    sub = Split(split.name, _spread(split.samples, points), split.labels, split.meta)
+    sub = Split(split.name, spread_subset(split.samples, points), split.labels, split.meta)
     img_z = torch.cat([adapter.encode_image(x, normalize=True).float()
                        for x, _ in DataLoader(ImageDataset(sub, adapter.preprocess), batch_size=256)])
     labels = dataset.labels
@@ -131,7 +131,7 @@ def findings(results: pd.DataFrame, backbone: str, datasets: Sequence[str]) -> p
         rows = pd.concat([latest_rows(results, nb, backbone, ds) for nb in dict.fromkeys(STUDY_NOTEBOOKS.values())]
                          + [latest_rows(results, "06_hierarchical", backbone, ds)], ignore_index=True)
         zs_df = latest_rows(results, "02_zero_shot", backbone, ds)
-        zs = _stats(zs_df.assign(split=zs_df["split"].str.split("/").str[-1]), "zeroshot", "name_study_template")
+        zs = _stats(zs_df.assign(split=zs_df["split"].str.split("_").str[-1]), "zeroshot", "name_study_template")  # "xray_test"
 
         def add(finding: str, a_label: str, a: tuple, b_label: str, b: tuple) -> None:
             out.append({"finding": finding, "dataset": ds, "A": a_label, "B": b_label, "A acc": _fmt(a), "B acc": _fmt(b),
@@ -184,7 +184,7 @@ def vit_tsne_figure(outcome: Outcome, dataset: Dataset, data_root: str = "data",
     from medkit.methods import build_vit
 
     split = dataset.splits["test"]
-    sub = Split(split.name, _spread(split.samples, points), split.labels, split.meta)
+    sub = Split(split.name, spread_subset(split.samples, points), split.labels, split.meta)
     before = build_vit(outcome.setting.options["weights"], dataset.labels.n_classes, "head", data_root, seed=outcome.seed)
     feats = {}
     for label, model in (("pretrained", before), ("fine-tuned", outcome.method)):

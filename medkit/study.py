@@ -29,14 +29,23 @@ from medkit.train import TrainConfig, default_config, encode, fit, predict, seed
 # whatever the batch size). `paper` uses the references' settings (METHOD_DEFAULTS).
 PROFILE_TRAINING: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {m: dict(epochs=1, batch_size=32, warmup_epochs=0, max_steps_per_epoch=2) for m in
-              ("coop", "cocoop", "maple", "vpt_deep", "ivlp", "vit_finetune")},
+              ("coop", "cocoop", "maple", "vpt_deep", "ivlp", "vit_finetune_full", "vit_finetune_head")},
     "tiny": {
-        "coop": dict(epochs=8, batch_size=128, optimizer="adamw", lr=0.01, weight_decay=0.0, warmup_epochs=0),
-        "cocoop": dict(epochs=2, batch_size=8, optimizer="adamw", lr=0.005, weight_decay=0.0, warmup_epochs=0),
-        "maple": dict(epochs=4, batch_size=64, optimizer="adamw", lr=0.005, weight_decay=0.0, warmup_epochs=0),
-        "vpt_deep": dict(epochs=4, batch_size=64, optimizer="adamw", lr=0.005, weight_decay=0.0, warmup_epochs=0),
-        "ivlp": dict(epochs=4, batch_size=64, optimizer="adamw", lr=0.005, weight_decay=0.0, warmup_epochs=0),
-        "vit_finetune": dict(epochs=6, batch_size=64, lr=1e-3),
+        # cached features: a step is one text pass over the K class prompts (~0.25 s at 45 classes)
+        "coop": dict(epochs=4, batch_size=128, optimizer="adamw", lr=0.02, weight_decay=0.0, warmup_epochs=0),
+        # B·K text passes per step; validating every epoch would cost more than training
+        "cocoop": dict(epochs=2, batch_size=4, max_steps_per_epoch=8, optimizer="adamw", lr=0.01, weight_decay=0.0,
+                       warmup_epochs=0, validate=False),
+        # the image tower runs every step: 2 epochs of 8 batches
+        "maple": dict(epochs=2, batch_size=32, max_steps_per_epoch=8, optimizer="adamw", lr=0.01, weight_decay=0.0,
+                      warmup_epochs=0),
+        "vpt_deep": dict(epochs=2, batch_size=32, max_steps_per_epoch=8, optimizer="adamw", lr=0.01, weight_decay=0.0,
+                         warmup_epochs=0),
+        "ivlp": dict(epochs=2, batch_size=32, max_steps_per_epoch=8, optimizer="adamw", lr=0.01, weight_decay=0.0,
+                     warmup_epochs=0),
+        "vit_finetune_full": dict(epochs=3, batch_size=64, lr=1e-3),
+        # a linear head on cached trunk features: epochs cost milliseconds
+        "vit_finetune_head": dict(epochs=60, batch_size=128, lr=1e-2, weight_decay=0.0),
     },
     "paper": {},
 }
@@ -62,6 +71,7 @@ class Setting:
     variant: str
     options: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
+    budget: str = ""  # key of the training defaults when not the method's own (e.g. a head on cached features)
 
 
 @dataclass
@@ -157,7 +167,7 @@ def run_one(run: Run | None, dataset: Dataset, adapter: BackboneAdapter | None, 
     cap = (eval_per_class or {}).get(setting.method)
     train = _inputs(method, splits["train"], bank, key)
     val = _inputs(method, subsample_per_class(splits["val"], cap), bank, key + f"|cap{cap}")
-    cfg = train_config(setting.method, profile, seed=seed, **setting.train)
+    cfg = train_config(setting.budget or setting.method, profile, seed=seed, **setting.train)
     t = time.time()
     history = fit(method, train, val, cfg, progress=progress, desc=f"{setting.method} {setting.variant} s{seed}")
     train_s = time.time() - t
@@ -305,7 +315,7 @@ HIERARCHY_SETTINGS: dict[str, dict[str, Setting]] = {
 
 # The tiny profile evaluates CoCoOp on this many images per class on 45-class data: one
 # text pass per image and class makes full evaluation cost minutes on a CPU.
-TINY_EVAL_PER_CLASS = {"cocoop": 4}
+TINY_EVAL_PER_CLASS = {"cocoop": 2}
 
 
 def eval_caps(profile: str, n_classes: int) -> dict[str, int] | None:
@@ -328,7 +338,8 @@ def vit_families(profile: str) -> list[str]:
 
 
 def vit_settings(families: Sequence[str]) -> list[Setting]:
-    return [Setting("vit_finetune", f"{w}, {mode}", dict(weights=w, mode=mode)) for w in families for mode in ("full", "head")]
+    return [Setting("vit_finetune", f"{w}, {mode}", dict(weights=w, mode=mode), budget=f"vit_finetune_{mode}")
+            for w in families for mode in ("full", "head")]
 
 
 def learned_features(method: nn.Module, split: Split, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -338,14 +349,15 @@ def learned_features(method: nn.Module, split: Split, limit: int | None = None) 
     from medkit.data import ImageDataset
     from torch.utils.data import DataLoader
 
-    split = split if limit is None else Split(split.name, _spread(split.samples, limit), split.labels, split.meta)
+    split = split if limit is None else Split(split.name, spread_subset(split.samples, limit), split.labels, split.meta)
     method.eval()
-    _, tf = method.adapter.preprocess_train, method.adapter.preprocess
+    if hasattr(method, "vision_prompts"):
+        prompts = method.vision_prompts()
+    else:
+        prompts = list(getattr(method, "vision", [])) or None
     imgs, ys = [], []
-    for x, y in DataLoader(ImageDataset(split, tf), batch_size=256):
-        vp = method.vision_prompts() if hasattr(method, "vision_prompts") else (
-            list(method.vision) if hasattr(method, "vision") else None)
-        imgs.append(method.adapter.encode_image(x, normalize=True, prompts=vp or None).float())
+    for x, y in DataLoader(ImageDataset(split, method.adapter.preprocess), batch_size=256):
+        imgs.append(method.adapter.encode_image(x, normalize=True, prompts=prompts).float())
         ys.append(y)
     img = torch.cat(imgs)
     if hasattr(method, "meta_net"):
@@ -355,7 +367,7 @@ def learned_features(method: nn.Module, split: Split, limit: int | None = None) 
     return img, txt.float(), torch.cat(ys)
 
 
-def _spread(samples: list, limit: int) -> list:
+def spread_subset(samples: list, limit: int) -> list:
     """An evenly spaced subset (keeps every class represented in class-ordered splits)."""
     if len(samples) <= limit:
         return samples

@@ -52,6 +52,7 @@ class TrainConfig:
     device: str = "cpu"
     eval_batch_size: int = 256
     max_steps_per_epoch: int | None = None  # smoke runs: a couple of batches per epoch exercise every path
+    validate: bool = True  # evaluate on the validation split after every epoch (needed for patience/best)
 
     def with_(self, **overrides: Any) -> "TrainConfig":
         unknown = sorted(set(overrides) - set(asdict(self)))
@@ -67,8 +68,11 @@ METHOD_DEFAULTS: dict[str, TrainConfig] = {
     "maple": TrainConfig(epochs=5, batch_size=4, lr=0.0035),
     "vpt_deep": TrainConfig(epochs=5, batch_size=4, lr=0.0025),
     "ivlp": TrainConfig(epochs=5, batch_size=4, lr=0.0025),
-    "vit_finetune": TrainConfig(epochs=10, batch_size=32, optimizer="adamw", lr=1e-4, weight_decay=0.05,
-                                warmup_epochs=0, grad_clip=1.0),
+    # the implant study does not give its fine-tuning settings: common ViT transfer defaults
+    "vit_finetune_full": TrainConfig(epochs=10, batch_size=32, optimizer="adamw", lr=1e-4, weight_decay=0.05,
+                                     warmup_epochs=0, grad_clip=1.0),
+    "vit_finetune_head": TrainConfig(epochs=50, batch_size=128, optimizer="adamw", lr=1e-3, weight_decay=0.0,
+                                     warmup_epochs=0),
 }
 
 
@@ -175,6 +179,8 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
     cfg = config
     if cfg.select not in ("last", "best"):
         raise ValueError(f"select={cfg.select!r}: use 'last' or 'best'")
+    if not cfg.validate and (cfg.select == "best" or cfg.patience is not None):
+        raise ValueError("select='best' and early stopping need validate=True")
     device = torch.device(cfg.device)
     method.to(device)
     seed_everything(cfg.seed)
@@ -228,7 +234,7 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
             bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}", refresh=False)
         lr = opt.param_groups[0]["lr"]
         sched.step()
-        val_loss, val_acc = _evaluate(method, val, cfg)
+        val_loss, val_acc = _evaluate(method, val if cfg.validate else None, cfg)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": total / max(seen, 1), "train_acc": correct / max(seen, 1),
                "val_loss": val_loss, "val_acc": val_acc, "seconds": time.time() - t0}
         history.append(row)

@@ -4,7 +4,7 @@ trained by plain classification (one head per visual cue) on natural-domain rend
 The implant study compares ViT weights from label supervision (ImageNet-21k), image-text
 contrast (CLIP) and self-distillation (DINOv2). Offline, MiniCLIP's tower stands in for
 CLIP and this one for label supervision; both saw the same kind of natural photos, so the
-comparison is about the training signal. Trained once (about a minute) and cached under
+comparison is about the training signal. Trained once (under a minute) and cached under
 `data/vit_supervised/`.
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ VERSION = 1
 @dataclass(frozen=True)
 class SupervisedConfig:
     preset: str = "miniclip"  # trunk shape and rendering settings come from this MiniCLIP preset
-    n_images: int = 4000
-    epochs: int = 4
+    n_images: int = 2500
+    epochs: int = 3
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.05
