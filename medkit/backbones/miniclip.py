@@ -296,7 +296,8 @@ def load_or_train(preset: str = "miniclip", root: Path | str = "data", progress:
     folder = cache_dir(cfg, root)
     weights = folder / "weights.pt"
     if not weights.is_file():
-        model, history = pretrain(cfg, progress)
+        with torch.random.fork_rng():  # the same global RNG afterwards whether cached or trained
+            model, history = pretrain(cfg, progress)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(json.dumps({"preset": preset, "miniclip": asdict(cfg),
                                                          "open_clip": open_clip_config(cfg)}, indent=1))

@@ -53,10 +53,11 @@ def build_trunk(preset: str = "miniclip", seed: int = 0) -> nn.Module:
     from .miniclip import PRESETS, _stem_kwargs
 
     cfg = PRESETS[preset]
-    torch.manual_seed(seed)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=cfg.image_size, embed_dim=cfg.width,
-                             depth=cfg.depth, num_heads=cfg.heads, num_classes=0, global_pool="token",
-                             **_stem_kwargs(cfg))
+    with torch.random.fork_rng():  # initialised by `seed`, without moving the caller's RNG
+        torch.manual_seed(seed)
+        return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=cfg.image_size, embed_dim=cfg.width,
+                                 depth=cfg.depth, num_heads=cfg.heads, num_classes=0, global_pool="token",
+                                 **_stem_kwargs(cfg))
 
 
 def pretrain(cfg: SupervisedConfig, progress: bool = True) -> tuple[nn.Module, list[dict]]:
@@ -101,7 +102,10 @@ def load_or_train(cfg: SupervisedConfig = SupervisedConfig(), root: Path | str =
         trunk = build_trunk(cfg.preset)
         trunk.load_state_dict(torch.load(weights, map_location="cpu"))
         return trunk.eval()
-    trunk, history = pretrain(cfg, progress)
+    # Training here must not move the global RNG: a run that finds the cache and one that
+    # trains first would otherwise initialise the classifier after it differently.
+    with torch.random.fork_rng():
+        trunk, history = pretrain(cfg, progress)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     import pandas as pd
