@@ -273,10 +273,6 @@ def seed_table(rows: Sequence[dict] | pd.DataFrame, split: str = "test",
     return out
 
 
-def mean_metric(rows: Sequence[dict], metric: str = "acc", split: str = "test", **match: Any) -> float:
-    vals = [r[metric] for r in rows if r["split"] == split and all(r.get(k) == v for k, v in match.items())]
-    return float(np.mean(vals)) if vals else float("nan")
-
 
 # --------------------------------------------------------------------------- settings of the study's tables
 

@@ -18,7 +18,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -264,16 +264,3 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
         method.load_trainable_state(best_state)
     method.eval()
     return pd.DataFrame(history)
-
-
-def count_parameters(method: nn.Module) -> dict[str, int]:
-    trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
-    return {"trainable": trainable, "total": sum(p.numel() for p in method.parameters())}
-
-
-def trainable_names(method: nn.Module) -> list[str]:
-    return [n for n, p in method.named_parameters() if p.requires_grad]
-
-
-__all__: Iterable[str] = ["TrainConfig", "METHOD_DEFAULTS", "default_config", "fit", "predict", "encode",
-                          "seed_everything", "lr_factor", "count_parameters", "trainable_names"]
