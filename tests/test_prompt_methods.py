@@ -64,7 +64,7 @@ def test_text_initialised_coop_equals_hand_written_prompt(adapters, family, clas
     assert m.context.n_ctx == 4
     with torch.no_grad():
         ours = m.text_features()
-        ref = ad.encode_text([f"{PHOTO} {c}." for c in NAMES])
+        ref = ad.encode_text([f"{PHOTO} {c}." for c in NAMES], cut=False)
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
 
 
@@ -84,7 +84,7 @@ def test_class_token_position(adapters, family, position, template, expected):
     assert (c.ids.gather(1, c.positions) == placeholder_id(ad)).all()
     assert c.positions.tolist() == [expected] * len(NAMES)
     with torch.no_grad():
-        ref = ad.encode_text([template.format(n) for n in NAMES])
+        ref = ad.encode_text([template.format(n) for n in NAMES], cut=False)
         torch.testing.assert_close(m.text_features(), ref, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="position"):
         CoOp(ad, NAMES, n_ctx=2, position="back")
@@ -100,7 +100,7 @@ def test_trimmed_ids_give_full_length_features(adapters, family):
     short = ad.trim(ids)
     assert short.shape[1] < ids.shape[1]  # otherwise the check below proves nothing
     with torch.no_grad():
-        ref = ad.encode_text(ids)
+        ref = ad.encode_text(ids, cut=False)
         ours = ad.encode_text_from_embeddings(ad.token_embedding(short), short)
         torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
         # and the cut is tight: one position fewer loses the longest prompt's end token
@@ -108,6 +108,17 @@ def test_trimmed_ids_give_full_length_features(adapters, family):
         cut = ad.encode_text_from_embeddings(ad.token_embedding(shorter), shorter)
     longest = int((ids != 0).sum(1).argmax())
     assert (cut[longest] - ref[longest]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_encode_text_cuts_prompts_without_changing_features(adapters, family):
+    """Zero-shot and ensemble encoding run cut prompts by default; the model's own
+    full-length path is the reference."""
+    ad = adapters[family]
+    texts = ["a photo of a round implant.", "plate"]
+    assert ad.trim(ad.tokenize(texts)).shape[1] < ad.tokenize(texts).shape[1]
+    with torch.no_grad():
+        torch.testing.assert_close(ad.encode_text(texts), ad.encode_text(texts, cut=False), rtol=0, atol=1e-5)
 
 
 # --- CoCoOp --------------------------------------------------------------------------
