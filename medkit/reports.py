@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from medkit.backbones import BackboneAdapter
 from medkit.data import Dataset
+from medkit.features import FeatureCache
 from medkit.metrics import confusion
 from medkit.methods import ZeroShotClassifier
 from medkit.plots import plot_confusion, plot_histories, plot_learned_vs_zeroshot
@@ -53,12 +54,10 @@ def tsne_figure(outcome: Outcome, dataset: Dataset, adapter: BackboneAdapter, po
     split = dataset.splits["test"]
     img_l, txt_l, y = learned_features(outcome.method, split, limit=points)
     zs = ZeroShotClassifier.from_templates(adapter, study_template_for(dataset.labels.has_groups), dataset.labels.classnames)
-    from medkit.data import ImageDataset, Split
-    from torch.utils.data import DataLoader
+    from medkit.data import Split
+    from medkit.features import encode_split
 
-    sub = Split(split.name, spread_subset(split.samples, points), split.labels, split.meta)
-    img_z = torch.cat([adapter.encode_image(x, normalize=True).float()
-                       for x, _ in DataLoader(ImageDataset(sub, adapter.preprocess), batch_size=256)])
+    img_z = encode_split(adapter, Split(split.name, spread_subset(split.samples, points), split.labels, split.meta))
     labels = dataset.labels
     groups = [labels.group_of[c] for c in labels.classnames] if labels.has_groups else None
     s = outcome.setting
@@ -67,13 +66,13 @@ def tsne_figure(outcome: Outcome, dataset: Dataset, adapter: BackboneAdapter, po
                                     y, labels.classnames, groups)
 
 
-def zero_shot_rows(adapter: BackboneAdapter, dataset: Dataset) -> list[dict]:
+def zero_shot_rows(adapter: BackboneAdapter, dataset: Dataset, cache: FeatureCache | None = None) -> list[dict]:
     """The study's hand-crafted zero-shot baseline on val and test (for the tables)."""
     from medkit.evaluation import zero_shot_prompt_sets
     from medkit.worldviews import zero_shot_rows as rows_for
 
     sets = {k: v for k, v in zero_shot_prompt_sets(dataset).items() if k == "name_study_template"}
-    rows, _ = rows_for(adapter, dataset, sets, ["val", "test"], progress=False)
+    rows, _ = rows_for(adapter, dataset, sets, ["val", "test"], progress=False, cache=cache)
     return [{**r, "method": "zeroshot", "variant": "class name, study template", "seed": 0} for r in rows]
 
 
@@ -178,19 +177,14 @@ def findings(results: pd.DataFrame, backbone: str, datasets: Sequence[str]) -> p
 @torch.no_grad()
 def vit_tsne_figure(outcome: Outcome, dataset: Dataset, data_root: str = "data", points: int = 600) -> Figure:
     """Test-image features of the ViT trunk before (pretrained weights) and after fine-tuning."""
-    from torch.utils.data import DataLoader
-
-    from medkit.data import ImageDataset, Split
+    from medkit.data import Split
+    from medkit.features import encode_split
     from medkit.methods import build_vit
 
     split = dataset.splits["test"]
     sub = Split(split.name, spread_subset(split.samples, points), split.labels, split.meta)
     before = build_vit(outcome.setting.options["weights"], dataset.labels.n_classes, "head", data_root, seed=outcome.seed)
-    feats = {}
-    for label, model in (("pretrained", before), ("fine-tuned", outcome.method)):
-        model.eval()
-        dl = DataLoader(ImageDataset(sub, model.preprocess), batch_size=256)
-        feats[label] = torch.cat([model.encode_images(x) for x, _ in dl])
+    feats = {label: encode_split(model, sub) for label, model in (("pretrained", before), ("fine-tuned", outcome.method))}
     y = torch.tensor([s.label for s in sub.samples])
     labels = dataset.labels
     groups = [labels.group_of[c] for c in labels.classnames] if labels.has_groups else None

@@ -8,6 +8,7 @@ and test, appends the rows to results.csv and keeps what the figures need.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -19,9 +20,10 @@ from torch import nn
 from medkit.backbones import BackboneAdapter
 from medkit.data import Dataset, LabelSpace, Split
 from medkit.evaluation import evaluate_logits
+from medkit.features import FeatureCache
 from medkit.methods import get_method
 from medkit.runs import Run, sanitise
-from medkit.train import TrainConfig, default_config, encode, fit, predict, seed_everything
+from medkit.train import TrainConfig, default_config, fit, predict, seed_everything
 
 # Training budgets per profile. `tiny` fits the whole workbook in ~30 CPU minutes: few
 # epochs, AdamW at larger learning rates than the references' SGD (which need 50–200
@@ -96,26 +98,6 @@ def subsample_per_class(split: Split, per_class: int | None) -> Split:
     return Split(split.name, keep, split.labels, dict(split.meta))
 
 
-class FeatureBank:
-    """Frozen image features per (backbone, dataset, split), computed once and shared by
-    every method, setting and seed of a notebook (image towers are deterministic in eval)."""
-
-    def __init__(self) -> None:
-        self._store: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def get(self, key: str, method: nn.Module, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
-        k = (key, split.name, len(split), str(split.samples[0].path) if split.samples else "")
-        if k not in self._store:
-            self._store[k] = encode(method, split)
-        return self._store[k]
-
-
-def _inputs(method: nn.Module, split: Split, bank: FeatureBank | None, key: str):
-    if getattr(method, "uses_cached_features", False):
-        return (bank or FeatureBank()).get(key, method, split)
-    return split
-
-
 def build(setting: Setting, adapter: BackboneAdapter | None, classnames: Sequence[str], data_root: str = "data",
           seed: int = 1) -> nn.Module:
     if setting.method == "vit_finetune":
@@ -125,14 +107,15 @@ def build(setting: Setting, adapter: BackboneAdapter | None, classnames: Sequenc
     return get_method(setting.method)(adapter, list(classnames), **setting.options)
 
 
-def evaluate(method: nn.Module, data, labels: LabelSpace) -> tuple[dict, torch.Tensor, torch.Tensor, float]:
+def evaluate(method: nn.Module, data, labels: LabelSpace,
+             cache: FeatureCache | None = None) -> tuple[dict, torch.Tensor, torch.Tensor, float]:
     t = time.time()
-    logits, y = predict(method, data)
+    logits, y = predict(method, data, cache=cache)
     return evaluate_logits(logits, y, labels), logits, y, time.time() - t
 
 
 def run_settings(run: Run | None, dataset: Dataset, adapter: BackboneAdapter | None, settings: Iterable[Setting],
-                 seeds: Sequence[int], profile: str, bank: FeatureBank | None = None,
+                 seeds: Sequence[int], profile: str, cache: FeatureCache | None = None,
                  eval_per_class: dict[str, int] | None = None, data_root: str = "data", progress: bool | str = False,
                  log: Callable[[str], None] = print) -> list[Outcome]:
     """Train and evaluate every setting × seed; rows go to results.csv (split val and test).
@@ -140,17 +123,17 @@ def run_settings(run: Run | None, dataset: Dataset, adapter: BackboneAdapter | N
     `eval_per_class` caps the evaluated images per class by method name (the tiny profile's
     CoCoOp: its evaluation costs one text pass per image).
     """
-    bank = bank or FeatureBank()
+    cache = cache or FeatureCache.at(Path(data_root) / "cache")
     outcomes = []
     for setting in settings:
         for seed in seeds:
-            outcomes.append(run_one(run, dataset, adapter, setting, seed, profile, bank, eval_per_class, data_root,
+            outcomes.append(run_one(run, dataset, adapter, setting, seed, profile, cache, eval_per_class, data_root,
                                     progress, log))
     return outcomes
 
 
 def run_one(run: Run | None, dataset: Dataset, adapter: BackboneAdapter | None, setting: Setting, seed: int,
-            profile: str, bank: FeatureBank, eval_per_class: dict[str, int] | None = None, data_root: str = "data",
+            profile: str, cache: FeatureCache | None, eval_per_class: dict[str, int] | None = None, data_root: str = "data",
             progress: bool | str = False, log: Callable[[str], None] = print, method: nn.Module | None = None,
             labels: LabelSpace | None = None, splits: dict[str, Split] | None = None, variant: str | None = None,
             group_level: bool = False) -> Outcome:
@@ -161,18 +144,17 @@ def run_one(run: Run | None, dataset: Dataset, adapter: BackboneAdapter | None, 
     seed_everything(seed)
     if method is None:
         method = build(setting, adapter, labels.classnames, data_root, seed)
-    key = f"{getattr(adapter, 'name', '')}|{dataset.name}|{getattr(method, 'weights', '')}|{labels.n_classes}"
+    cache = cache or FeatureCache.at(Path(data_root) / "cache")
     cap = (eval_per_class or {}).get(setting.method)
-    train = _inputs(method, splits["train"], bank, key)
-    val = _inputs(method, subsample_per_class(splits["val"], cap), bank, key + f"|cap{cap}")
+    val = subsample_per_class(splits["val"], cap)
     cfg = train_config(setting.budget or setting.method, profile, seed=seed, **setting.train)
     t = time.time()
-    history = fit(method, train, val, cfg, progress=progress, desc=f"{setting.method} {setting.variant} s{seed}")
+    history = fit(method, splits["train"], val, cfg, progress=progress, desc=f"{setting.method} {setting.variant} s{seed}",
+                  cache=cache)
     train_s = time.time() - t
     rows, test_logits, test_y = [], None, None
     for split in ("val", "test"):
-        data = _inputs(method, subsample_per_class(splits[split], cap), bank, key + f"|cap{cap}")
-        metrics, logits, y, eval_s = evaluate(method, data, labels)
+        metrics, logits, y, eval_s = evaluate(method, subsample_per_class(splits[split], cap), labels, cache)
         row = {"dataset": dataset.name, "split": split, "method": setting.method, "variant": variant or setting.variant,
                "backbone": getattr(adapter, "name", None) or getattr(method, "weights", ""), "seed": seed,
                **{k: metrics.get(k) for k in ("acc", "top3", "f1_macro", "auc", "kappa", "group_acc")},
@@ -227,7 +209,7 @@ def inherit_from_groups(stage2: nn.Module, stage1: nn.Module, class_to_group: Se
 
 
 def run_hierarchical(run: Run | None, dataset: Dataset, adapter: BackboneAdapter, setting: Setting, seeds: Sequence[int],
-                     profile: str, bank: FeatureBank | None = None, eval_per_class: dict[str, int] | None = None,
+                     profile: str, cache: FeatureCache | None = None, eval_per_class: dict[str, int] | None = None,
                      stage1_train: dict | None = None, log: Callable[[str], None] = print) -> list[tuple[Outcome, Outcome]]:
     """Stage 1 learns group-level prompts (class-specific over groups when the setting is
     class-specific, else one shared prompt) on group labels; stage 2 starts every class's
@@ -236,20 +218,20 @@ def run_hierarchical(run: Run | None, dataset: Dataset, adapter: BackboneAdapter
     class level."""
     if not dataset.labels.has_groups:
         raise ValueError(f"{dataset.name} has no groups: hierarchical prompts need a class → group map")
-    bank = bank or FeatureBank()
+    cache = cache or FeatureCache.default()
     c2g = dataset.labels.class_to_group_index()
     group_splits = {k: relabel_to_groups(v) for k, v in dataset.splits.items()}
     glabels = group_label_space(dataset.labels)
     out = []
     for seed in seeds:
         s1_setting = Setting(setting.method, setting.variant, setting.options, {**setting.train, **(stage1_train or {})})
-        stage1 = run_one(run, dataset, adapter, s1_setting, seed, profile, bank, eval_per_class, log=log,
+        stage1 = run_one(run, dataset, adapter, s1_setting, seed, profile, cache, eval_per_class, log=log,
                          labels=glabels, splits=group_splits, variant=f"hier. stage 1 (groups) · {setting.variant}",
                          group_level=True)
         seed_everything(seed)
         method = build(setting, adapter, dataset.labels.classnames, seed=seed)
         inherit_from_groups(method, stage1.method, c2g)
-        stage2 = run_one(run, dataset, adapter, setting, seed, profile, bank, eval_per_class, log=log, method=method,
+        stage2 = run_one(run, dataset, adapter, setting, seed, profile, cache, eval_per_class, log=log, method=method,
                          variant=f"hier. · {setting.variant}")
         out.append((stage1, stage2))
     return out

@@ -7,9 +7,10 @@
 - a checkpoint of the method's own parameters, optimizer, schedule, history and RNG
   states after every epoch, and `resume=True` to continue an interrupted run;
 - per-epoch history (train/val loss and accuracy, lr, seconds) and callbacks;
-- inputs: a `Split` of images, or `(features, labels)` for methods whose image tower is
-  frozen and unprompted (`method.uses_cached_features`) — then each step costs only the
-  method's own work, not an image-tower pass.
+- inputs: a `Split` of images, or for methods whose image tower is frozen and unprompted
+  (`method.uses_cached_features`) `(features, labels)` or `CachedFeatures`. A `Split` given
+  to such a method goes through the feature cache (`medkit.features`): the tower runs once
+  per image and augmented view, ever, and each step costs only the method's own work.
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from medkit.data import ImageDataset, Split
+from medkit.features import CachedFeatures, FeatureCache, encode_split
 
-Data = Split | tuple[torch.Tensor, torch.Tensor]
+Data = Split | tuple[torch.Tensor, torch.Tensor] | CachedFeatures
 Callback = Callable[[dict, nn.Module], bool | None]  # return True to stop training
 
 
@@ -53,6 +55,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     max_steps_per_epoch: int | None = None  # smoke runs: a couple of batches per epoch exercise every path
     validate: bool = True  # evaluate on the validation split after every epoch (needed for patience/best)
+    feature_views: int = 8  # cached-feature methods with augment: augmented views cached per image
 
     def with_(self, **overrides: Any) -> "TrainConfig":
         unknown = sorted(set(overrides) - set(asdict(self)))
@@ -110,30 +113,33 @@ def transforms_of(method: nn.Module) -> tuple[Callable, Callable]:
 
 
 def loader(method: nn.Module, data: Data, batch_size: int, shuffle: bool, train_transform: bool,
-           generator: torch.Generator | None = None) -> DataLoader:
-    if isinstance(data, tuple):
+           generator: torch.Generator | None = None, epoch: int = 0, seed: int = 0,
+           cache: FeatureCache | None = None) -> DataLoader:
+    """Batches of images, or of cached features (one augmented view per image for `epoch`)."""
+    if isinstance(data, (tuple, CachedFeatures)):
         if not method.uses_cached_features:
             raise TypeError(f"{type(method).__name__} runs its image tower each step: pass a Split, not features")
-        feats, labels = data
+        feats, labels = (data.view(epoch, seed), data.labels) if isinstance(data, CachedFeatures) else data
         return DataLoader(TensorDataset(feats, labels), batch_size=batch_size, shuffle=shuffle, generator=generator)
     if method.uses_cached_features:
-        return loader(method, encode(method, data, batch_size=256), batch_size, shuffle, False, generator)
+        return loader(method, cached_inputs(method, data, cache), batch_size, shuffle, False, generator)
     tf_train, tf_eval = transforms_of(method)
     return DataLoader(ImageDataset(data, tf_train if train_transform else tf_eval), batch_size=batch_size,
                       shuffle=shuffle, generator=generator)
 
 
-@torch.no_grad()
+def cached_inputs(method: nn.Module, data: Data, cache: FeatureCache | None = None, views: int = 0) -> Data:
+    """What a cached-feature method reads: a Split becomes its cached features (`views`
+    augmented ones for training); features pass through."""
+    if isinstance(data, Split) and getattr(method, "uses_cached_features", False):
+        return (cache or FeatureCache.default()).get(method, data, views)
+    return data
+
+
 def encode(method: nn.Module, split: Split, batch_size: int = 256, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen image features of a split with the method's evaluation transform."""
-    _, tf_eval = transforms_of(method)
-    dl = DataLoader(ImageDataset(split, tf_eval), batch_size=batch_size)
-    device = _device(method)
-    feats, labels = [], []
-    for x, y in tqdm(dl, desc=f"encoding {split.name}", disable=not progress, mininterval=2):
-        feats.append(method.encode_images(x.to(device)).float().cpu())
-        labels.append(y)
-    return torch.cat(feats), torch.cat(labels)
+    """Frozen image features of a split with the method's evaluation transform (no cache)."""
+    feats = encode_split(method, split, batch_size=batch_size, progress=progress)
+    return feats, torch.as_tensor(split.targets, dtype=torch.long)
 
 
 def _device(method: nn.Module) -> torch.device:
@@ -145,8 +151,11 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 
 
 @torch.no_grad()
-def predict(method: nn.Module, data: Data, batch_size: int = 256, amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) over a split or cached features; class prompts encoded once per pass."""
+def predict(method: nn.Module, data: Data, batch_size: int = 256, amp: bool = True,
+            cache: FeatureCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) over a split or cached features: class prompts are encoded once per
+    pass, and image features come from the cache when the image tower is frozen."""
+    data = cached_inputs(method, data, cache)
     was = method.training
     method.eval()
     device = _device(method)
@@ -170,8 +179,11 @@ def _evaluate(method: nn.Module, data: Data | None, cfg: TrainConfig) -> tuple[f
 
 def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainConfig = TrainConfig(),
         checkpoint_dir: str | Path | None = None, resume: bool = False, callbacks: Sequence[Callback] = (),
-        progress: bool | str = True, desc: str = "") -> pd.DataFrame:
+        progress: bool | str = True, desc: str = "", cache: FeatureCache | None = None) -> pd.DataFrame:
     """Train `method` in place; returns the per-epoch history.
+
+    Cached-feature methods given Splits read `cache` (default: the project's `data/cache`):
+    with `augment`, `feature_views` augmented views per training image, one drawn per epoch.
 
     `progress`: True → a tqdm bar over steps; "lines" → one printed line per epoch (headless
     runs); False → silent.
@@ -184,9 +196,9 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
     device = torch.device(cfg.device)
     method.to(device)
     seed_everything(cfg.seed)
-    if method.uses_cached_features and not isinstance(train, tuple):
-        train = encode(method, train)
-        val = encode(method, val) if isinstance(val, Split) else val
+    if method.uses_cached_features:
+        train = cached_inputs(method, train, cache, cfg.feature_views if cfg.augment else 0)
+        val = cached_inputs(method, val, cache)
     params = [p for p in method.parameters() if p.requires_grad]
     opt = _optimizer(params, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, cfg))
@@ -206,7 +218,7 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
             group["lr"] = base * lr_factor(start_epoch, cfg)
         torch.set_rng_state(state["torch_rng"])
     gen = torch.Generator().manual_seed(cfg.seed)
-    steps = len(loader(method, train, cfg.batch_size, True, cfg.augment, gen)) if progress is True else 0
+    steps = len(loader(method, train, cfg.batch_size, True, cfg.augment, gen, seed=cfg.seed)) if progress is True else 0
     steps = min(steps, cfg.max_steps_per_epoch or steps)
     bar = tqdm(total=steps * (cfg.epochs - start_epoch), desc=desc or type(method).__name__,
                disable=progress is not True, mininterval=1)
@@ -215,7 +227,7 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
         gen.manual_seed(cfg.seed * 10007 + epoch)  # a resumed run shuffles as an uninterrupted one
         method.train()
         total, correct, seen = 0.0, 0, 0
-        for step, (x, y) in enumerate(loader(method, train, cfg.batch_size, True, cfg.augment, gen)):
+        for step, (x, y) in enumerate(loader(method, train, cfg.batch_size, True, cfg.augment, gen, epoch, cfg.seed)):
             if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
                 break
             x, y = x.to(device), y.to(device)

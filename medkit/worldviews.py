@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from medkit.backbones import BackboneAdapter
 from medkit.data import Dataset, ImageDataset
 from medkit.evaluation import evaluate_logits
-from medkit.features import encode_split
+from medkit.features import FeatureCache
 from medkit.methods import ZeroShotClassifier
 from medkit.plots import plot_sample_grid
 
@@ -47,17 +47,21 @@ def descriptions_table(dataset: Dataset, classes: Sequence[str] | None = None, n
 
 
 def zero_shot_rows(adapter: BackboneAdapter, dataset: Dataset, prompt_sets: dict[str, dict[str, list[str]]],
-                   splits: Sequence[str], progress: bool = True, ci_resamples: int = 0) -> tuple[list[dict], dict]:
+                   splits: Sequence[str], progress: bool = True, ci_resamples: int = 0,
+                   cache: FeatureCache | None = None) -> tuple[list[dict], dict]:
     """Zero-shot metrics for every prompt kind × split; also returns logits for plots.
 
-    Class prompts are encoded once per prompt kind and image features once per split.
+    Class prompts are encoded once per prompt kind; image features come from the feature
+    cache (the same entries the prompt methods read).
     """
+    cache = cache or FeatureCache.default()
     rows, logits = [], {}
     domain = dataset.domain or "real"
     classifiers = {variant: ZeroShotClassifier.from_ensembles(adapter, ensembles, dataset.labels.classnames)
                    for variant, ensembles in prompt_sets.items()}  # prompts encoded once, not per split
     for split in splits:
-        feats, y = encode_split(adapter, dataset[split], progress=progress)
+        entry = cache.get(adapter, dataset[split])
+        feats, y = entry.features, entry.labels
         for variant, clf in classifiers.items():
             out = clf.logits_from_features(feats)
             m = evaluate_logits(out, y, dataset.labels, ci_resamples=ci_resamples)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the feature cache of code that is given no data folder: never the checkout's data/
+os.environ["MEDKIT_CACHE"] = tempfile.mkdtemp(prefix="medkit-test-cache-")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 

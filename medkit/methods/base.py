@@ -4,8 +4,8 @@ A method is an `nn.Module` whose `forward` maps a batch to class logits. Two kin
 input exist, and the trainer picks by `uses_cached_features`:
 
 - `True`: the image tower is frozen and unprompted (CoOp, CoCoOp, linear probe, a head
-  on a frozen ViT): `forward` takes image *features* from `encode_images`, which the
-  trainer computes once per split instead of once per step;
+  on a frozen ViT): `forward` takes image *features* from `image_encoder()`, which the
+  feature cache computes once per image (and augmented view) instead of once per step;
 - `False`: the image tower runs every step (MaPLe, VPT, IVLP, full fine-tuning):
   `forward` takes image tensors.
 """
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medkit.backbones import BackboneAdapter
+from medkit.features import ImageEncoder, adapter_encoder
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -49,10 +50,15 @@ class FrozenBackboneMethod(nn.Module):
         self.adapter.eval()
         return self
 
+    def image_encoder(self) -> ImageEncoder:
+        """The frozen tower's normalised features: one cache entry per backbone and split
+        serves zero-shot and every prompt method alike."""
+        return adapter_encoder(self.adapter)
+
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised frozen image features (what the feature cache stores)."""
-        return self.adapter.encode_image(images, normalize=True).float()
+        """Normalised frozen image features of a batch (what the feature cache stores)."""
+        return self.image_encoder().encode(images)
 
     def precompute_text(self) -> torch.Tensor | None:
         """Class text features that do not depend on the image (computed once per evaluation

@@ -60,9 +60,15 @@ class ViTClassifier(nn.Module):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         was = self.trunk.training
         self.trunk.eval()
-        out = self.trunk(images).float()
+        out = self.trunk(images.to(next(self.trunk.parameters()).device)).float()
         self.trunk.train(was)
         return out
+
+    def image_encoder(self):
+        """The frozen trunk's pooled features (head mode reads them from the feature cache)."""
+        from medkit.features import ImageEncoder
+
+        return ImageEncoder(self.encode_images, self.trunk, "timm_trunk_pooled", self.preprocess, self.preprocess_train)
 
     def precompute_text(self) -> None:
         return None
