@@ -111,6 +111,40 @@ def test_trimmed_ids_give_full_length_features(adapters, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("init", [None, "a photo of a"])
+def test_shared_context_prefix_runs_once_with_equal_features_and_gradients(adapters, family, init):
+    """Shared CoOp context on a causal tower: the common prefix (start token + context) runs
+    once; features and the context's gradient equal the ordinary per-class pass."""
+    ad = adapters[family]
+    torch.manual_seed(0)
+    m = CoOp(ad, NAMES, n_ctx=4, ctx_init=init)
+    c = m.context
+    assert c.shared_prefix == 1 + c.n_ctx  # start token + the context; the class names differ next
+    assert CoOp(ad, NAMES, n_ctx=4, class_specific=True).context.shared_prefix == 0
+    ours = m.text_features()
+    ours.square().sum().backward()
+    g_ours, c.ctx.grad = c.ctx.grad.clone(), None
+    ref = ad.encode_text_from_embeddings(c.embeddings(), c.ids)
+    ref.square().sum().backward()
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(g_ours, c.ctx.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_prefix_sharing_is_taken_on_causal_towers_only(adapters):
+    assert adapters["native"]._blocks_support_prefix_sharing()
+    calls = []
+    ad = adapters["native"]
+    original = ad._shared_prefix_transformer
+    ad._shared_prefix_transformer = lambda *a: calls.append(1) or original(*a)
+    try:
+        CoOp(ad, NAMES, n_ctx=2).text_features()
+        CoOp(ad, NAMES, n_ctx=2, class_specific=True).text_features()
+    finally:
+        del ad._shared_prefix_transformer
+    assert calls == [1]  # the shared context took it, the class-specific one did not
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_encode_text_cuts_prompts_without_changing_features(adapters, family):
     """Zero-shot and ensemble encoding run cut prompts by default; the model's own
     full-length path is the reference."""

@@ -237,6 +237,14 @@ class BackboneAdapter(nn.Module):
             x = self._encode_embeddings(embeddings, ids)
         return F.normalize(x, dim=-1) if normalize else x
 
+    def encode_text_shared_prefix(self, embeddings: torch.Tensor, ids: torch.Tensor, prefix: int,
+                                  normalize: bool = False) -> torch.Tensor:
+        """`encode_text_from_embeddings` for prompts whose first `prefix` positions are the
+        same in every row (CoOp's shared context: start token + context vectors). A causal
+        tower computes those positions once instead of once per class — their states cannot
+        depend on what follows. Bidirectional towers take the ordinary path."""
+        return self.encode_text_from_embeddings(embeddings, ids, normalize)
+
     def _encode_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -270,12 +278,51 @@ class OpenCLIPNativeAdapter(BackboneAdapter):
         # causal attention: nothing after the pooled (EOT) position can reach it
         return int(self.pooled_index(ids).max()) + 1
 
-    def _encode_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def encode_text_shared_prefix(self, embeddings: torch.Tensor, ids: torch.Tensor, prefix: int,
+                                  normalize: bool = False) -> torch.Tensor:
+        prefix = min(prefix, embeddings.shape[1] - 1)
+        if prefix < 2 or not self._blocks_support_prefix_sharing():
+            return self.encode_text_from_embeddings(embeddings, ids, normalize)
+        x = self._encode_embeddings(embeddings, ids, prefix)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def _blocks_support_prefix_sharing(self) -> bool:
+        """open_clip's default pre-norm block (LN → MHA → LayerScale, LN → MLP → LayerScale),
+        batch-first, causal: the block's own modules are then called on prefix and suffix."""
+        from open_clip.transformer import ResidualAttentionBlock
+
+        t = self._text()
+        return (t.attn_mask is not None and getattr(t.transformer, "batch_first", False)
+                and not t.transformer.grad_checkpointing
+                and all(type(b) is ResidualAttentionBlock and not hasattr(b, "ln_1_kv")
+                        and isinstance(b.attn, nn.MultiheadAttention) and b.attn.batch_first
+                        for b in self.text_blocks()))
+
+    def _shared_prefix_transformer(self, x: torch.Tensor, mask: torch.Tensor, prefix: int) -> torch.Tensor:
+        """The text transformer over `[N, L, D]` whose rows agree on the first `prefix`
+        positions: the prefix runs once (batch 1); the other positions attend to its keys and
+        values (broadcast) and to their own, causally. Equal to the full pass (tested)."""
+        n = x.shape[0]
+        pre, suf = x[:1, :prefix], x[:, prefix:]
+        suffix_mask = mask[prefix:, :].to(x.dtype)
+        for block in self.text_blocks():
+            h_suf = block.ln_1(suf)
+            kv = torch.cat([block.ln_1(pre).expand(n, -1, -1), h_suf], dim=1)
+            attn = block.attn(h_suf, kv, kv, need_weights=False, attn_mask=suffix_mask)[0]
+            suf = suf + block.ls_1(attn)
+            suf = suf + block.ls_2(block.mlp(block.ln_2(suf)))
+            pre = block(pre, attn_mask=mask[:prefix, :prefix])
+        return torch.cat([pre.expand(n, -1, -1), suf], dim=1)
+
+    def _encode_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor, shared_prefix: int = 0) -> torch.Tensor:
         t = self._text()
         length = embeddings.shape[1]
         x = embeddings + t.positional_embedding[:length].to(embeddings.dtype)
         mask = t.attn_mask[:length, :length] if t.attn_mask is not None else None
-        x = t.transformer(x, attn_mask=mask)
+        if shared_prefix:
+            x = self._shared_prefix_transformer(x, mask, shared_prefix)
+        else:
+            x = t.transformer(x, attn_mask=mask)
         x = t.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), self.pooled_index(ids.to(x.device))]
         proj = t.text_projection

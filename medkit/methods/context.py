@@ -104,6 +104,15 @@ class PromptContext(nn.Module):
     def n_prompts(self) -> int:
         return self.ids.shape[0]
 
+    @property
+    def shared_prefix(self) -> int:
+        """Leading positions identical in every prompt (start token + shared context + fixed
+        words when the class name comes last); 0 when the context is class-specific."""
+        if self.class_specific or self.n_prompts < 2:
+            return 0
+        differs = (self.ids != self.ids[:1]).any(dim=0).nonzero()
+        return int(differs[0]) if len(differs) else 0
+
     def shared_context(self) -> torch.Tensor:
         """`[n_ctx, D]`: the context itself, or its class mean when class-specific (what an
         image-side coupling sees: image prompts must not depend on the class)."""

@@ -4,7 +4,9 @@ Faithful to the reference: shared or class-specific (CSC) context, init N(0, 0.0
 phrase, class token at the end/middle/front, only the context trains, cosine logits with
 the model's logit scale. Better than the reference: the image tower is frozen and
 unprompted, so image features come from the feature cache instead of being recomputed
-every step, and the prompts are cut after their last real token.
+every step; the prompts are cut after their last real token; and on causal (CLIP) text
+towers a shared context — identical in every class prompt — runs through the tower once,
+not once per class.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ class CoOp(FrozenBackboneMethod):
 
     def text_features(self) -> torch.Tensor:
         c = self.context
-        return self.adapter.encode_text_from_embeddings(c.embeddings(), c.ids)
+        return self.adapter.encode_text_shared_prefix(c.embeddings(), c.ids, c.shared_prefix)
 
     def precompute_text(self) -> torch.Tensor:
         return self.text_features()
