@@ -3,15 +3,18 @@
 Each row runs one operation both ways, in this process, on the same inputs, and checks
 that the outputs agree:
 
-- `coop_step`: a CoOp training step at batch 32. Reference: image features recomputed from
-  the image files every step, prompts run over all context positions (77 for CLIP).
-  medkit: features from the on-disk cache, prompts cut after their last real token.
+- `coop_step`: a CoOp training step at batch 32 (16 shared context tokens, the reference's
+  default). Reference: image features recomputed from the image files every step, prompts
+  run over all context positions (77 for CLIP). medkit: features from the on-disk cache,
+  prompts cut after their last real token, and on causal towers the shared context prefix
+  run once instead of once per class.
 - `cocoop_step`: a CoCoOp step at batch 4. Reference: image features recomputed, a Python
   loop over the images encoding K full-length prompts each. medkit: cached features, one
   text-tower call for all B·K cut prompts.
 - `eval_pass`: logits for the test images. Reference: per batch of 100, images encoded
   and class prompts re-encoded. medkit: features loaded from the cache, prompts once.
-- `text_cut`: text forward + backward of the K learned prompts, full length vs cut.
+- `text_cut`: text forward + backward of the K learned prompts, full length vs cut (the cut
+  alone).
 
 Backbones: MiniCLIP (the offline stand-in, untrained weights: speed does not depend on
 them) and a randomly initialised ViT-B/16 open_clip CLIP (`ViT-B-16-quickgelu`), both at
@@ -327,18 +330,20 @@ def bench_eval_pass(adapter, names, test: Split, cache_root: Path, sizes: Sizes,
 
 
 def bench_text_cut(adapter, names, sizes: Sizes, device, amp) -> Row:
+    """The cut alone: the same per-class text pass over every position vs up to the last
+    real token (no prefix sharing, which `coop_step` adds on causal towers)."""
     fast, slow = _coop(adapter, names)
 
-    def fwd_bwd(method):
+    def fwd_bwd(context: PromptContext):
         fast.context.ctx.grad = None
         with _autocast(device, amp):
-            feats = method.text_features()
+            feats = adapter.encode_text_from_embeddings(context.embeddings(), context.ids)
         feats.float().square().sum().backward()
         return feats.detach().float()
 
-    naive_t, naive_f = _steps(lambda: fwd_bwd(slow), sizes.naive_steps, device)
+    naive_t, naive_f = _steps(lambda: fwd_bwd(slow.context), sizes.naive_steps, device)
     with PeakMemory(device) as mem:
-        medkit_t, medkit_f = _steps(lambda: fwd_bwd(fast), sizes.medkit_steps, device)
+        medkit_t, medkit_f = _steps(lambda: fwd_bwd(fast.context), sizes.medkit_steps, device)
     return _row("text_cut", naive_t, medkit_t, _max_diff(naive_f, medkit_f[: len(naive_f)]), mem.peak_mb, amp)
 
 
