@@ -89,7 +89,7 @@ def pretrain(cfg: SupervisedConfig, progress: bool = True) -> tuple[nn.Module, l
             nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
-            history.append({"step": len(history), "epoch": epoch, "loss": float(loss), "seconds": time.time() - start})
+            history.append({"step": len(history), "epoch": epoch, "loss": float(loss.detach()), "seconds": time.time() - start})
             bar.update()
     bar.close()
     return trunk.eval(), history
