@@ -225,45 +225,54 @@ def _coop(adapter: BackboneAdapter, names: list[str]) -> tuple[CoOp, CoOp]:
     return fast, slow
 
 
-def bench_coop_step(adapter, names, train: Split, cache: FeatureCache, sizes: Sizes, device, amp) -> Row:
-    fast, slow = _coop(adapter, names)
-    idx = list(range(sizes.coop_batch))
+def _step_race(name: str, naive_forward: Callable, medkit_forward: Callable, params: list[torch.nn.Parameter],
+               adapter, train: Split, cache: FeatureCache, batch: int, sizes: Sizes, device, amp) -> Row:
+    """The same SGD steps from the same starting parameters, first the reference way (images
+    decoded and encoded every step, `naive_forward`), then medkit's (cached features,
+    `medkit_forward`, the method, whose image features the cache holds); the logits of the
+    shared steps are compared."""
+    idx = list(range(batch))
     y = torch.as_tensor([train.samples[i].label for i in idx], device=device)
-    feats = cache.get(fast, train).features[idx].to(device)
-    start = fast.context.ctx.detach().clone()
+    feats = cache.get(medkit_forward, train).features[idx].to(device)
+    start = [p.detach().clone() for p in params]
 
-    def step(method, image_features):
+    def step(forward, image_features):
         with _autocast(device, amp):
-            logits = method(image_features)
+            logits = forward(image_features)
         loss = F.cross_entropy(logits.float(), y)
-        method.context.ctx.grad = None
+        for p in params:
+            p.grad = None
         loss.backward()
         with torch.no_grad():
-            method.context.ctx -= 0.002 * method.context.ctx.grad  # plain SGD: both paths identical
+            for p in params:
+                p -= 0.002 * p.grad  # plain SGD: both paths take identical steps
         return logits.detach().float()
 
     def naive_step():
         with torch.no_grad():
             img = adapter.encode_image(image_batch(adapter, train, idx).to(device), normalize=True).float()
-        return step(slow, img)
+        return step(naive_forward, img)
 
     naive_t, naive_logits = _steps(naive_step, sizes.naive_steps, device)
-    fast.context.ctx.data.copy_(start)  # the same starting point, the same step sequence
+    with torch.no_grad():
+        for p, s in zip(params, start):
+            p.copy_(s)
     with PeakMemory(device) as mem:
-        medkit_t, medkit_logits = _steps(lambda: step(fast, feats), sizes.medkit_steps, device)
+        medkit_t, medkit_logits = _steps(lambda: step(medkit_forward, feats), sizes.medkit_steps, device)
     diff = _max_diff(naive_logits, medkit_logits[: len(naive_logits)])
-    return _row("coop_step", naive_t, medkit_t, diff, mem.peak_mb, amp)
+    return _row(name, naive_t, medkit_t, diff, mem.peak_mb, amp)
+
+
+def bench_coop_step(adapter, names, train: Split, cache: FeatureCache, sizes: Sizes, device, amp) -> Row:
+    fast, slow = _coop(adapter, names)
+    return _step_race("coop_step", slow, fast, [fast.context.ctx], adapter, train, cache, sizes.coop_batch, sizes,
+                      device, amp)
 
 
 def bench_cocoop_step(adapter, names, train: Split, cache: FeatureCache, sizes: Sizes, device, amp) -> Row:
     torch.manual_seed(0)
     fast = CoCoOp(adapter, names).to(device)
     slow_ctx = full_length(fast.context, adapter)
-    idx = list(range(sizes.cocoop_batch))
-    y = torch.as_tensor([train.samples[i].label for i in idx], device=device)
-    feats = cache.get(fast, train).features[idx].to(device)
-    params = [p for p in fast.parameters() if p.requires_grad]
-    start = [p.detach().clone() for p in params]
 
     def per_image_loop(image_features):
         """The reference forward: one K-prompt text pass per image, at full length."""
@@ -275,31 +284,9 @@ def bench_cocoop_step(adapter, names, train: Split, cache: FeatureCache, sizes: 
             rows.append(fast.cosine_logits(image_features[i:i + 1], text))
         return torch.cat(rows)
 
-    def step(forward, image_features):
-        with _autocast(device, amp):
-            logits = forward(image_features)
-        loss = F.cross_entropy(logits.float(), y)
-        for p in params:
-            p.grad = None
-        loss.backward()
-        with torch.no_grad():
-            for p in params:
-                p -= 0.002 * p.grad
-        return logits.detach().float()
-
-    def naive_step():
-        with torch.no_grad():
-            img = adapter.encode_image(image_batch(adapter, train, idx).to(device), normalize=True).float()
-        return step(per_image_loop, img)
-
-    naive_t, naive_logits = _steps(naive_step, sizes.naive_steps, device)
-    with torch.no_grad():
-        for p, s in zip(params, start):
-            p.copy_(s)
-    with PeakMemory(device) as mem:
-        medkit_t, medkit_logits = _steps(lambda: step(fast, feats), sizes.medkit_steps, device)
-    diff = _max_diff(naive_logits, medkit_logits[: len(naive_logits)])
-    return _row("cocoop_step", naive_t, medkit_t, diff, mem.peak_mb, amp)
+    params = [p for p in fast.parameters() if p.requires_grad]
+    return _step_race("cocoop_step", per_image_loop, fast, params, adapter, train, cache, sizes.cocoop_batch, sizes,
+                      device, amp)
 
 
 def bench_eval_pass(adapter, names, test: Split, cache_root: Path, sizes: Sizes, device, amp) -> Row:
