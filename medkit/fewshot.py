@@ -32,6 +32,7 @@ from medkit.data import Dataset, LabelSpace, Split
 from medkit.evaluation import evaluate_logits
 from medkit.features import CachedFeatures, FeatureCache, adapter_encoder
 from medkit.methods import ZeroShotClassifier, get_method
+from medkit.methods.cilmp import DEFAULT_RANK, default_length
 from medkit.prompts import CLIP_DEFAULT_TEMPLATE
 from medkit.protocols import SEEDS, SHOTS, base_novel_classes, few_shot, harmonic_mean, restrict, save_indices
 from medkit.runs import Run, sanitise
@@ -376,18 +377,34 @@ def biomedcoop_ablations(taus: Sequence[float] = (1.0, 2.5)) -> list[Setting]:
     return out
 
 
-def cilmp_ablations(lengths: Sequence[int] = (1, 2, 3), ranks: Sequence[int] = (2, 4, 16)) -> list[Setting]:
+def cilmp_ablations(lengths: Sequence[int] = (1, 2, 3), ranks: Sequence[int] = (2, 4, 16),
+                    n_layers: int | None = None) -> list[Setting]:
     """The CILMP paper's ablations (w/o RD, w/o conditional, w/o intervention) and its
-    intervention-length (prefix = suffix) and rank sweeps; the full model uses the defaults
-    (half the layers up to 4 each side, rank 8)."""
+    intervention-length (prefix = suffix) and rank sweeps. The full model uses the defaults
+    (`default_length(n_layers)` each side, `DEFAULT_RANK`); given `n_layers`, sweep points equal
+    to a default are left out, since the full model's runs are exactly those runs."""
     k = {"knowledge": Ref("knowledge")}
     out = [Setting("cilmp", "CILMP", k),
            Setting("cilmp", "w/o RD", {**k, "mode": "no_rd"}),
            Setting("cilmp", "w/o conditional", {**k, "mode": "unconditional"}),
            Setting("cilmp", "w/o intervention", {**k, "prefix": 0, "suffix": 0})]
-    out += [Setting("cilmp", f"length {n}", {**k, "prefix": n, "suffix": n}) for n in lengths]
-    out += [Setting("cilmp", f"rank {r}", {**k, "rank": r}) for r in ranks]
+    skip_length = default_length(n_layers) if n_layers is not None else None
+    out += [Setting("cilmp", f"length {n}", {**k, "prefix": n, "suffix": n}) for n in lengths if n != skip_length]
+    out += [Setting("cilmp", f"rank {r}", {**k, "rank": r}) for r in ranks if n_layers is None or r != DEFAULT_RANK]
     return out
+
+
+def cilmp_sweep(ablation_rows: pd.DataFrame, n_layers: int) -> pd.DataFrame:
+    """The length and rank sweeps as rows with `sweep` ("length" | "rank") and `value`, the full
+    CILMP's rows standing at its default length and rank; an explicit sweep point equal to a
+    default is dropped so that no configuration is counted twice."""
+    defaults = {"length": default_length(n_layers), "rank": DEFAULT_RANK}
+    parts = ablation_rows["variant"].str.extract(r"^(length|rank) (\d+)$")
+    swept = ablation_rows[parts[0].notna()].assign(sweep=parts[0].dropna(), value=parts[1].dropna().astype(int))
+    swept = swept[swept["value"] != swept["sweep"].map(defaults)]
+    full = ablation_rows[ablation_rows["variant"] == "CILMP"]
+    frames = [swept] + [full.assign(sweep=kind, value=v) for kind, v in defaults.items()]
+    return pd.concat(frames, ignore_index=True).sort_values(["sweep", "value"], kind="stable").reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- findings
@@ -550,7 +567,7 @@ def pair_prompt_features(method: nn.Module, features: CachedFeatures, pair: tupl
     return img, y, txt, torch.as_tensor(pair)
 
 
-def findings_08(table_rows: pd.DataFrame, ablation_rows: pd.DataFrame) -> list[str]:
+def findings_08(table_rows: pd.DataFrame, ablation_rows: pd.DataFrame, n_layers: int) -> list[str]:
     """CILMP against the other prompt learners and its ablations, as sentences with numbers."""
     lines = []
     test = table_rows[table_rows["split"] == "test"]
@@ -574,9 +591,11 @@ def findings_08(table_rows: pd.DataFrame, ablation_rows: pd.DataFrame) -> list[s
                      for v in ("w/o RD", "w/o conditional", "w/o intervention") if v in stats.index]
             lines.append(f"{a['dataset'].iloc[0]} ablations (acc; full CILMP {full:.3f} ± {stats.loc['CILMP', 'std']:.3f}): "
                          + ", ".join(parts))
-        for kind in ("length", "rank"):
-            sub = stats[stats.index.str.startswith(kind)]
-            if len(sub):
-                lines.append(f"{kind} sweep: " + ", ".join(f"{v} {m:.3f}" for v, m in sub["mean"].items())
-                             + f"; best {sub['mean'].idxmax()}")
+        sweep = cilmp_sweep(a, n_layers)
+        defaults = {"length": default_length(n_layers), "rank": DEFAULT_RANK}
+        for kind, g in sweep.groupby("sweep", sort=False):
+            means = g.groupby("value")["acc"].mean()
+            lines.append(f"{kind} sweep: " + ", ".join(
+                f"{v} {m:.3f}" + (" (full CILMP)" if v == defaults[kind] else "") for v, m in means.items())
+                + f"; best {kind} {means.idxmax()}")
     return lines

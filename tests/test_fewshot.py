@@ -145,3 +145,22 @@ def test_tables_and_the_knowledge_comparison():
     kvn = fs.knowledge_vs_names(pd.DataFrame(rows), shots=(1,))
     assert kvn["knowledge wins"].tolist() == [True] and kvn["difference"].tolist() == [0.1]
     assert fs.outlier_mask(5, 2).tolist() == [False, False, False, True, True]
+
+
+def test_cilmp_sweep_places_the_full_model_at_its_defaults_once():
+    from medkit.methods.cilmp import DEFAULT_RANK, default_length
+    assert default_length(6) == 3 and default_length(32) == 4
+    variants = [s.variant for s in fs.cilmp_ablations(lengths=(1, 3), ranks=(2, DEFAULT_RANK), n_layers=6)]
+    assert "length 3" not in variants and f"rank {DEFAULT_RANK}" not in variants
+    assert {"length 1", "rank 2", "CILMP"} <= set(variants)
+    acc = {"CILMP": 0.5, "length 1": 0.2, "length 3": 0.5, "rank 2": 0.6, "w/o RD": 0.1}
+    rows = pd.DataFrame([{"dataset": "d", "split": "test", "variant": v, "seed": s, "acc": a}
+                         for v, a in acc.items() for s in (1, 2)])
+    sweep = fs.cilmp_sweep(rows, n_layers=6)
+    # the explicit "length 3" duplicates the full model's configuration: counted once, as CILMP
+    assert sweep.groupby("sweep")["value"].apply(list).to_dict() == {
+        "length": [1, 1, 3, 3], "rank": [2, 2, DEFAULT_RANK, DEFAULT_RANK]}
+    assert set(sweep.loc[sweep["value"] == 3, "variant"]) == {"CILMP"}
+    lines = fs.findings_08(rows.assign(variant="x").iloc[:0], rows, n_layers=6)
+    assert f"rank sweep: 2 0.600, {DEFAULT_RANK} 0.500 (full CILMP); best rank 2" in lines
+    assert "length sweep: 1 0.200, 3 0.500 (full CILMP); best length 3" in lines

@@ -44,10 +44,19 @@ def standardized(hidden: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (hidden.float() - flat.mean(0)) / (flat.std(0, unbiased=False) + eps)
 
 
+DEFAULT_RANK = 8
+
+
+def default_length(n_layers: int) -> int:
+    """Intervened positions on each side (prefix = suffix) when none is given: the reference's
+    4 + 4 of LLaMA's 32 layers; fewer layers (MiniLM: 6) get half each."""
+    return min(4, n_layers // 2)
+
+
 @register("cilmp")
 class CILMP(FrozenBackboneMethod):
     def __init__(self, adapter: BackboneAdapter, classnames: list[str], knowledge, n_ctx: int = 4,
-                 ctx_init: str | None = "a photo of a", prefix: int | None = None, suffix: int | None = None, rank: int = 8,
+                 ctx_init: str | None = "a photo of a", prefix: int | None = None, suffix: int | None = None, rank: int = DEFAULT_RANK,
                  proj_rank: int = 8, mode: str = "conditional", dropout: float = 0.1, text_depth: int | str = "all",
                  vision_depth: int | str = 0, n_vision_ctx: int = 4, text_chunk: int = 2048) -> None:
         super().__init__(adapter, classnames)
@@ -55,8 +64,7 @@ class CILMP(FrozenBackboneMethod):
         index = [list(knowledge.classnames).index(c) for c in self.classnames]
         llm = standardized(knowledge.hidden)[index]
         self.n_ctx, self.mode, self.text_chunk = n_ctx, mode, text_chunk
-        # the reference's 4 + 4 of LLaMA's 32 layers; fewer layers (MiniLM: 6) get half each
-        default = min(4, llm.shape[1] // 2)
+        default = default_length(llm.shape[1])
         prefix = default if prefix is None else prefix
         suffix = default if suffix is None else suffix
         self.knowledge = KnowledgePrompts(llm, adapter.text_width, adapter.embed_dim, prefix=prefix, suffix=suffix,
