@@ -384,21 +384,26 @@ def cilmp_ablations(lengths: Sequence[int] = (1, 2, 3), ranks: Sequence[int] = (
     (`default_length(n_layers)` each side, `DEFAULT_RANK`); given `n_layers`, sweep points equal
     to a default are left out, since the full model's runs are exactly those runs."""
     k = {"knowledge": Ref("knowledge")}
+    skip = cilmp_defaults(n_layers) if n_layers is not None else {}
     out = [Setting("cilmp", "CILMP", k),
            Setting("cilmp", "w/o RD", {**k, "mode": "no_rd"}),
            Setting("cilmp", "w/o conditional", {**k, "mode": "unconditional"}),
            Setting("cilmp", "w/o intervention", {**k, "prefix": 0, "suffix": 0})]
-    skip_length = default_length(n_layers) if n_layers is not None else None
-    out += [Setting("cilmp", f"length {n}", {**k, "prefix": n, "suffix": n}) for n in lengths if n != skip_length]
-    out += [Setting("cilmp", f"rank {r}", {**k, "rank": r}) for r in ranks if n_layers is None or r != DEFAULT_RANK]
+    out += [Setting("cilmp", f"length {n}", {**k, "prefix": n, "suffix": n}) for n in lengths if n != skip.get("length")]
+    out += [Setting("cilmp", f"rank {r}", {**k, "rank": r}) for r in ranks if r != skip.get("rank")]
     return out
+
+
+def cilmp_defaults(n_layers: int) -> dict[str, int]:
+    """The full CILMP's place in the length and rank sweeps."""
+    return {"length": default_length(n_layers), "rank": DEFAULT_RANK}
 
 
 def cilmp_sweep(ablation_rows: pd.DataFrame, n_layers: int) -> pd.DataFrame:
     """The length and rank sweeps as rows with `sweep` ("length" | "rank") and `value`, the full
     CILMP's rows standing at its default length and rank; an explicit sweep point equal to a
     default is dropped so that no configuration is counted twice."""
-    defaults = {"length": default_length(n_layers), "rank": DEFAULT_RANK}
+    defaults = cilmp_defaults(n_layers)
     parts = ablation_rows["variant"].str.extract(r"^(length|rank) (\d+)$")
     swept = ablation_rows[parts[0].notna()].assign(sweep=parts[0].dropna(), value=parts[1].dropna().astype(int))
     swept = swept[swept["value"] != swept["sweep"].map(defaults)]
@@ -591,8 +596,7 @@ def findings_08(table_rows: pd.DataFrame, ablation_rows: pd.DataFrame, n_layers:
                      for v in ("w/o RD", "w/o conditional", "w/o intervention") if v in stats.index]
             lines.append(f"{a['dataset'].iloc[0]} ablations (acc; full CILMP {full:.3f} ± {stats.loc['CILMP', 'std']:.3f}): "
                          + ", ".join(parts))
-        sweep = cilmp_sweep(a, n_layers)
-        defaults = {"length": default_length(n_layers), "rank": DEFAULT_RANK}
+        sweep, defaults = cilmp_sweep(a, n_layers), cilmp_defaults(n_layers)
         for kind, g in sweep.groupby("sweep", sort=False):
             means = g.groupby("value")["acc"].mean()
             lines.append(f"{kind} sweep: " + ", ".join(

@@ -161,6 +161,6 @@ def test_cilmp_sweep_places_the_full_model_at_its_defaults_once():
     assert sweep.groupby("sweep")["value"].apply(list).to_dict() == {
         "length": [1, 1, 3, 3], "rank": [2, 2, DEFAULT_RANK, DEFAULT_RANK]}
     assert set(sweep.loc[sweep["value"] == 3, "variant"]) == {"CILMP"}
-    lines = fs.findings_08(rows.assign(variant="x").iloc[:0], rows, n_layers=6)
+    lines = fs.findings_08(rows.iloc[:0], rows, n_layers=6)
     assert f"rank sweep: 2 0.600, {DEFAULT_RANK} 0.500 (full CILMP); best rank 2" in lines
     assert "length sweep: 1 0.200, 3 0.500 (full CILMP); best length 3" in lines
