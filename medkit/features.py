@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from medkit.atomic import atomic_torch_save
 from medkit.data import ImageDataset, Split
 
 FORMAT = 1  # bump when the file layout or the meaning of a key changes
@@ -244,10 +245,7 @@ class FeatureCache:
         path = self.path(key)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save({"format": FORMAT, "key": key, "features": features, "digest": _digest(features)}, tmp)
-        os.replace(tmp, path)  # readers see the old file or the whole new one, never a partial one
+        atomic_torch_save({"format": FORMAT, "key": key, "features": features, "digest": _digest(features)}, path)
 
     def _load(self, key: str, n_images: int) -> torch.Tensor | None:
         path = self.path(key)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -39,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medkit.runs import sanitise
+from medkit.atomic import atomic_torch_save, atomic_write_text
 
 __all__ = ["QUESTION", "KnowledgeError", "LLMRepresentations", "causal_lm_representations", "load_causal_lm",
            "encoder_representations", "minilm_representations", "dataset_knowledge", "main"]
@@ -117,12 +117,12 @@ class LLMRepresentations:
         folder.mkdir(parents=True, exist_ok=True)
         files = _file_names(self.classnames)
         for i, cls in enumerate(self.classnames):
-            _atomic_torch_save({"classname": cls, "hidden": self.hidden[i].clone(), "text": self.texts[i],
+            atomic_torch_save({"classname": cls, "hidden": self.hidden[i].clone(), "text": self.texts[i],
                                 "source": self.source, "kind": self.kind, "question": self.question},
                                folder / files[cls])
         index = {"format": FORMAT, "source": self.source, "kind": self.kind, "question": self.question,
                  "n_layers": self.n_layers, "dim": self.dim, "files": files}
-        _atomic_write_text(folder / INDEX_FILE, json.dumps(index, indent=1, ensure_ascii=False) + "\n")
+        atomic_write_text(folder / INDEX_FILE, json.dumps(index, indent=1, ensure_ascii=False) + "\n")
         return folder
 
     @classmethod
@@ -170,18 +170,6 @@ def _file_names(classnames: Sequence[str]) -> dict[str, str]:
         taken.add(name.lower())
         files[c] = name
     return files
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # readers see the old file or the whole new one, never a partial one
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- causal LM (the paper's recipe)

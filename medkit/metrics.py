@@ -1,4 +1,4 @@
-"""Classification metrics for (N, C) score matrices, bootstrap intervals and result tables.
+"""Classification metrics for (N, C) score matrices and bootstrap intervals.
 
 Every metric is computed by scikit-learn; this module only adapts inputs (torch or numpy,
 logits or probabilities, classes missing from a small test split) and returns plain floats
@@ -7,10 +7,9 @@ so results can go straight into JSON and CSV files.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import pandas as pd
 from scipy.special import softmax
 from sklearn.metrics import (
     accuracy_score,
@@ -21,8 +20,6 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-METRIC_NAMES = ("acc", "top3", "f1_macro", "auc", "kappa", "group_acc")
-TABLE_COLUMNS = ("acc", "top3", "f1_macro", "auc", "group_acc")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -192,15 +189,3 @@ def bootstrap_ci(
         return math.nan, math.nan
     lo, hi = np.nanpercentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return float(lo), float(hi)
-
-
-def metrics_table(rows: list[Mapping[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> pd.DataFrame:
-    """One row per method: descriptive keys first, then `columns` rounded to 3 decimals.
-
-    Keys of a row that are not metric columns (method, backbone, shots…) are kept as labels;
-    missing metrics and None become NaN so the table stays numeric.
-    """
-    df = pd.DataFrame(list(rows))
-    label_cols = [c for c in df.columns if c not in columns and c not in METRIC_NAMES]
-    metric_part = df.reindex(columns=list(columns)).apply(pd.to_numeric, errors="coerce").round(3)
-    return pd.concat([df[label_cols], metric_part], axis=1)

@@ -70,23 +70,6 @@ def _image_array(image: Any) -> np.ndarray:
 # --------------------------------------------------------------------------- figures
 
 
-def plot_history(history: pd.DataFrame) -> Figure:
-    """Loss and accuracy per epoch (train, and validation when present) in two panels."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
-        for split, style in (("train", "-o"), ("val", "--s")):
-            col = f"{split}_{metric}"
-            if col in history and history[col].notna().any():
-                ax.plot(history["epoch"], history[col], style, label=split, markersize=3)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.set_title("loss" if metric == "loss" else "accuracy")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    return fig
-
-
 def plot_confusion(
     cm: Any,
     classnames: Sequence[str],
@@ -292,6 +275,26 @@ def plot_histories(histories: Mapping[str, pd.DataFrame], title: str = "") -> Fi
     ax_acc.legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def plot_loss_terms(steps: Mapping[str, pd.DataFrame], title: str = "") -> Figure:
+    """Every named loss term per optimizer step (`fit`'s `history.attrs["steps"]`), one
+    colour per run: the total solid, its terms dashed, dotted, ..."""
+    fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
+    palette = sns.color_palette("tab10", max(len(steps), 1))
+    styles = ["--", ":", "-.", (0, (1, 3)), (0, (5, 1))]
+    for colour, (label, d) in zip(palette, steps.items()):
+        ax.plot(d["step"], d["loss"], "-", color=colour, label=f"{label}: total")
+        terms = [c for c in d.columns if c not in ("step", "epoch", "loss")]
+        for style, term in zip(styles * 4, terms):
+            ax.plot(d["step"], d[term], linestyle=style, color=colour, label=f"{label}: {term}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (each term as weighted in the total)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5)
+    if title:
+        ax.set_title(title)
     return fig
 
 

@@ -1,12 +1,18 @@
-"""Profiles: one name that sets sizes and backbones for a whole workbook run.
+"""Profiles: one declarative table per profile, the object that travels through a run.
 
 - `smoke`: seconds per notebook; exercises every code path (CI, tests).
 - `tiny`: the embedded default on a laptop CPU; minutes; meaningful numbers.
 - `paper`: real checkpoints on a GPU; the seeds' settings. Point `datasets` at real data.
+
+A profile holds what is the same for every method (backbone, world, seeds and shots it
+keeps, the few-shot step budget, evaluation sizes, the training overrides of methods that
+declare no budget of their own); what differs per method is the method's own budget
+(`medkit.methods.Budget`, declared in its file). Nothing else branches on a profile's name.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Mapping, Sequence
 
 
 @dataclass(frozen=True)
@@ -18,20 +24,39 @@ class Profile:
     cell_timeout_s: int | None = 1800  # papermill's per-cell execution timeout
     tsne_points: int = 600
     bootstrap: int = 1000
+    max_seeds: int | None = None  # keep the first n of a notebook's seeds (None: all)
+    max_shots: int | None = None  # keep the n smallest K of a few-shot grid (None: all)
+    few_shot_steps: int | None = None  # optimizer steps per few-shot run (None: the references' epochs)
+    default_train: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig overrides for every method
+    vit_weights: tuple[str, ...] = ("in21k", "clip", "dinov2")  # notebook 01's weight families
 
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def seeds(self, seeds: Sequence[int]) -> list[int]:
+        return list(seeds[: self.max_seeds]) if self.max_seeds else list(seeds)
+
+    def shots(self, shots: Sequence[int]) -> list[int]:
+        return sorted(shots)[: self.max_shots] if self.max_shots else sorted(shots)
+
 
 PROFILES: dict[str, Profile] = {
-    "smoke": Profile("smoke", backbone="miniclip-smoke", world="smoke", cell_timeout_s=600, tsne_points=150, bootstrap=100),
-    "tiny": Profile("tiny", backbone="miniclip", world="tiny", tsne_points=400),
+    # checks code paths, not spreads or curves: one seed, two K, two steps of everything
+    "smoke": Profile("smoke", backbone="miniclip-smoke", world="smoke", cell_timeout_s=600, tsne_points=150,
+                     bootstrap=100, max_seeds=1, max_shots=2, few_shot_steps=2,
+                     default_train=dict(epochs=1, batch_size=32, warmup_epochs=0, max_steps_per_epoch=2),
+                     vit_weights=("scratch", "supervised-smoke", "miniclip-smoke")),
+    # few-shot sets span 12 to 720 images: a fixed step budget, not a fixed epoch count
+    "tiny": Profile("tiny", backbone="miniclip", world="tiny", tsne_points=400, few_shot_steps=10,
+                    vit_weights=("scratch", "supervised", "miniclip")),  # no hub: no DINOv2 stand-in
     "paper": Profile("paper", backbone="ViT-B-16/openai", world="paper", device="cuda", cell_timeout_s=None),
 }
 
 
-def get_profile(name: str, **overrides) -> Profile:
+def get_profile(name: str | Profile, **overrides) -> Profile:
     """The named profile with non-empty overrides applied (notebook parameters use '' for 'default')."""
+    if isinstance(name, Profile):
+        return replace(name, **{k: v for k, v in overrides.items() if v not in ("", None)})
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose from {sorted(PROFILES)}")
     return replace(PROFILES[name], **{k: v for k, v in overrides.items() if v not in ("", None)})

@@ -7,6 +7,9 @@
 - **Base-to-novel**: labels sorted, the first ceil(n/2) are base, the rest novel; each half
   is relabelled 0..m-1 (as the references do). Methods train on base and are evaluated on
   base and novel test images; the harmonic mean summarises both.
+- **Hierarchy**: the same images labelled by their group (stage 1 of group → class prompts).
+- **Evaluation caps**: the first n images of every class, or n images spread evenly over a
+  split (for methods whose evaluation costs a text pass per image on a CPU).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from medkit.atomic import atomic_write_text
 from medkit.data import DataError, LabelSpace, Split
 
 SHOTS = (1, 2, 4, 8, 16)
@@ -63,10 +67,7 @@ def few_shot(splits: dict[str, Split], k: int, seed: int, allow_repeats: bool = 
 
 def save_indices(path: str | Path, indices: dict[str, list[int]], meta: dict | None = None) -> Path:
     """The drawn indices (and what they were drawn for) as JSON next to a run."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**(meta or {}), "indices": indices}))
-    return path
+    return atomic_write_text(path, json.dumps({**(meta or {}), "indices": indices}))
 
 
 def base_novel_classes(labels: LabelSpace) -> tuple[list[int], list[int]]:
@@ -86,15 +87,40 @@ def restrict(split: Split, classes: Sequence[int], name: str | None = None) -> S
     return Split(name or split.name, samples, space, dict(split.meta))
 
 
-def base_to_novel(splits: dict[str, Split]) -> dict[str, dict[str, Split]]:
-    """{"base": {train, val, test}, "novel": {test}} in their own label spaces."""
-    base, novel = base_novel_classes(splits["train"].labels)
-    return {"base": {k: restrict(s, base) for k, s in splits.items()},
-            "novel": {"test": restrict(splits["test"], novel)}}
-
-
 def harmonic_mean(base_acc: float, novel_acc: float) -> float:
     """HM of base and novel accuracy (0 when either is 0)."""
     if base_acc <= 0 or novel_acc <= 0:
         return 0.0
     return 2 * base_acc * novel_acc / (base_acc + novel_acc)
+
+
+def subsample_per_class(split: Split, per_class: int | None) -> Split:
+    """The first `per_class` samples of every class (deterministic); None keeps all."""
+    if per_class is None:
+        return split
+    seen: dict[int, int] = {}
+    keep = []
+    for s in split.samples:
+        if seen.get(s.label, 0) < per_class:
+            keep.append(s)
+            seen[s.label] = seen.get(s.label, 0) + 1
+    return Split(split.name, keep, split.labels, dict(split.meta))
+
+
+def spread(n: int, limit: int | None) -> np.ndarray:
+    """`limit` evenly spaced row indices of `n` (keeps every class in class-ordered splits)."""
+    if limit is None or n <= limit:
+        return np.arange(n)
+    return np.linspace(0, n - 1, limit).round().astype(int)
+
+
+def group_label_space(labels: LabelSpace) -> LabelSpace:
+    return LabelSpace(labels.groups)
+
+
+def relabel_to_groups(split: Split) -> Split:
+    """The same images labelled by their group (stage 1 of hierarchical prompts)."""
+    c2g = split.labels.class_to_group_index()
+    space = group_label_space(split.labels)
+    samples = [replace(s, label=c2g[s.label], classname=space.classnames[c2g[s.label]]) for s in split.samples]
+    return Split(split.name, samples, space, dict(split.meta))

@@ -5,6 +5,13 @@ Layout under `root` (default "outputs"):
     runs/<YYYYmmdd-HHMMSS>_<notebook>_<tag>[-2]/config.json, metrics.json, history.csv,
                                                 figures/, checkpoints/
     results.csv   one row per evaluated (run, dataset, split, method…), appended by all notebooks
+
+A row's fields are fields: `split` is train/val/test (the domain has its own column),
+`classes` says which label set was scored (all, base, novel, groups), `protocol` how the
+training set was selected (full, few_shot, base_to_novel, hierarchical), `options` the
+method's options as JSON and `setting_id` a stable id of (method, options, training
+overrides). Files written before these columns existed still load: `read_results` fills
+them from the old encodings, and appending to such a file rewrites its header first.
 """
 from __future__ import annotations
 
@@ -22,15 +29,21 @@ import sys
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
-RESULT_COLUMNS = [
+from medkit.atomic import atomic_write_text
+
+LEGACY_COLUMNS = [
     "run_id", "notebook", "dataset", "split", "method", "variant", "backbone", "shots", "seed",
     "acc", "top3", "f1_macro", "auc", "kappa", "group_acc", "train_s", "eval_s",
 ]
+# appended after the legacy ones, so a reader of the old layout finds its columns where they were
+ROW_FIELDS = ["task", "domain", "protocol", "classes", "setting_id", "options"]
+RESULT_COLUMNS = LEGACY_COLUMNS + ROW_FIELDS
+TEXT_COLUMNS = ["run_id", "notebook", "dataset", "split", "method", "variant", "backbone", *ROW_FIELDS]
 TRACKED_PACKAGES = ("torch", "torchvision", "open_clip_torch", "timm", "transformers",
                     "numpy", "scikit-learn", "pandas", "matplotlib")
 RESULTS_FILE = "results.csv"
@@ -97,7 +110,7 @@ def json_safe(obj: Any) -> Any:
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(json_safe(data), indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, json.dumps(json_safe(data), indent=2, sort_keys=False) + "\n")
 
 
 # --------------------------------------------------------------------------- results table
@@ -112,18 +125,27 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
+def result_columns() -> list[str]:
+    """The table's columns: the fixed ones, then any metric a registered task adds."""
+    from medkit.tasks import metric_columns
+
+    return RESULT_COLUMNS + [c for c in metric_columns() if c not in RESULT_COLUMNS]
+
+
 def append_result(root: Path | str, row: Mapping[str, Any]) -> dict[str, Any]:
     """Append one row to root/results.csv under an exclusive lock; header only when new.
 
     The lock serialises notebooks that run in parallel, so lines never interleave and the
-    header is written exactly once.
+    header is written exactly once. A file with fewer columns (an older layout) is
+    rewritten with the full header first, its rows kept and the new columns left blank.
     """
-    unknown = sorted(set(row) - set(RESULT_COLUMNS))
+    columns = result_columns()
+    unknown = sorted(set(row) - set(columns))
     if unknown:
-        raise ValueError(f"unknown result fields {unknown}; allowed: {RESULT_COLUMNS}")
-    full = {c: row.get(c) for c in RESULT_COLUMNS}
+        raise ValueError(f"unknown result fields {unknown}; allowed: {columns}")
+    full = {c: row.get(c) for c in columns}
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow([_csv_cell(full[c]) for c in RESULT_COLUMNS])
+    csv.writer(buf, lineterminator="\n").writerow([_csv_cell(full[c]) for c in columns])
 
     path = Path(root) / RESULTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,9 +153,10 @@ def append_result(root: Path | str, row: Mapping[str, Any]) -> dict[str, Any]:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             if os.fstat(f.fileno()).st_size == 0:
-                f.write(",".join(RESULT_COLUMNS) + "\n")
+                f.write(",".join(columns) + "\n")
             else:
-                _check_header(f, path)
+                _upgrade_header(f, path, columns)
+            f.seek(0, os.SEEK_END)
             f.write(buf.getvalue())
             f.flush()
         finally:
@@ -141,46 +164,63 @@ def append_result(root: Path | str, row: Mapping[str, Any]) -> dict[str, Any]:
     return full
 
 
-def _check_header(f: io.TextIOBase, path: Path) -> None:
-    """Refuse to append to a table written with other columns rather than corrupt it."""
+def _upgrade_header(f: io.TextIOBase, path: Path, columns: list[str]) -> None:
+    """Rewrite a table whose header is a prefix of `columns` (an older layout) in place;
+    refuse one written with other columns rather than corrupt it."""
     f.seek(0)
     header = f.readline().strip().split(",")
-    if header != RESULT_COLUMNS:
-        raise ValueError(f"{path} has columns {header}, expected {RESULT_COLUMNS}; move it aside")
+    if header == columns:
+        return
+    if header != columns[: len(header)]:
+        raise ValueError(f"{path} has columns {header}, expected {columns}; move it aside")
+    f.seek(0)
+    rows = list(csv.reader(f))[1:]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(r + [""] * (len(columns) - len(r)) for r in rows)
+    f.seek(0)
+    f.truncate()
+    f.write(out.getvalue())  # under the lock: no other writer sees the file half rewritten
 
 
 def read_results(root: Path | str = "outputs") -> pd.DataFrame:
-    """All result rows; an empty frame with RESULT_COLUMNS when nothing was recorded yet."""
+    """All result rows with every column of `result_columns()`; an empty frame when nothing
+    was recorded yet. Rows of the old layout get their fields from its encodings: a split
+    `xray_test` is domain `xray`, split `test`; a split `base`/`novel` is the test split of
+    those classes (protocol base_to_novel); a variant `hier. …` is the hierarchical protocol."""
     path = Path(root) / RESULTS_FILE
+    columns = result_columns()
     if not path.exists() or path.stat().st_size == 0:
-        return pd.DataFrame(columns=RESULT_COLUMNS)
-    text_cols = ["run_id", "notebook", "dataset", "split", "method", "variant", "backbone"]
-    return pd.read_csv(path, dtype={c: "string" for c in text_cols})
+        return pd.DataFrame(columns=columns)
+    df = pd.read_csv(path, dtype={c: "string" for c in TEXT_COLUMNS})
+    for c in columns:
+        if c not in df:
+            df[c] = pd.Series(pd.NA, index=df.index, dtype="string" if c in TEXT_COLUMNS else "float64")
+    return legacy_fields(df)[columns + [c for c in df.columns if c not in columns]]
 
 
-def summarise(
-    df: pd.DataFrame,
-    by: Sequence[str] = ("dataset", "split", "method", "variant", "backbone", "shots"),
-    metrics: Sequence[str] = ("acc", "f1_macro", "auc"),
-) -> pd.DataFrame:
-    """Mean ± std over the rows of each group (usually seeds), as "0.512 ± 0.013" strings.
-
-    A column `n` counts the rows; with a single row the std is undefined and only the mean shows.
-    """
-    by = list(by)
-    grouped = df.groupby(by, dropna=False, sort=True)
-    stats = grouped[list(metrics)].agg(["mean", "std"])
-    out = pd.DataFrame(index=stats.index)
-    out["n"] = grouped.size()
-    for m in metrics:
-        out[m] = [_mean_std(mu, sd) for mu, sd in zip(stats[(m, "mean")], stats[(m, "std")])]
-    return out.reset_index()
-
-
-def _mean_std(mean: float, std: float) -> str:
-    if mean is None or math.isnan(mean):
-        return ""
-    return f"{mean:.3f}" if std is None or math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+def legacy_fields(df: pd.DataFrame) -> pd.DataFrame:
+    """Fill the row fields of rows written before they existed (their `task` is blank)."""
+    old = df["task"].isna()
+    if not old.any():
+        return df
+    df = df.copy()
+    split = df.loc[old, "split"].astype("string")
+    parts = split.str.extract(r"^(?:(?P<domain>[a-z]+)_)?(?P<split>train|val|test)$")
+    halves = split.isin(["base", "novel"])
+    df.loc[old, "domain"] = parts["domain"]
+    df.loc[old, "split"] = parts["split"].where(~halves, "test").fillna(split)
+    df.loc[old, "classes"] = split.where(halves, "all")
+    variant = df.loc[old, "variant"].astype("string").fillna("")
+    hier = variant.str.startswith("hier.")
+    df.loc[old & hier.reindex(df.index, fill_value=False), "classes"] = [
+        "groups" if v.startswith("hier. stage 1") else "all" for v in variant[hier]]
+    shots = pd.to_numeric(df.loc[old, "shots"], errors="coerce")
+    df.loc[old, "protocol"] = np.where(halves, "base_to_novel", np.where(hier, "hierarchical",
+                                       np.where(shots.notna(), "few_shot", "full")))
+    df.loc[old, "task"] = "single_label"
+    return df
 
 
 # --------------------------------------------------------------------------- runs
@@ -213,13 +253,6 @@ class Run:
         merged.update(json_safe(metrics))
         _write_json(path, merged)
         return merged
-
-    def save_history(self, history: pd.DataFrame | Sequence[Mapping[str, Any]]) -> Path:
-        """Write per-epoch rows to history.csv (overwriting: the history is complete each time)."""
-        df = history if isinstance(history, pd.DataFrame) else pd.DataFrame(list(history))
-        path = self.path / "history.csv"
-        df.to_csv(path, index=False)
-        return path
 
     def save_figure(self, fig: Any, name: str) -> Path:
         """figures/<name>.png at 120 dpi; the figure stays open so the notebook still shows it."""

@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,65 +28,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from medkit.atomic import atomic_torch_save
+from medkit.config import TrainConfig
 from medkit.data import ImageDataset, Split
 from medkit.features import CachedFeatures, FeatureCache, encode_split
 
 Data = Split | tuple[torch.Tensor, torch.Tensor] | CachedFeatures
 Callback = Callable[[dict, nn.Module], bool | None]  # return True to stop training
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 32
-    optimizer: str = "sgd"  # "sgd" (momentum) or "adamw"
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    grad_clip: float | None = None
-    amp: bool = True  # bf16 autocast, CUDA only
-    patience: int | None = None  # early stopping: epochs without a better val accuracy
-    select: str = "last"  # "last" (the references) or "best" (restore the best val epoch)
-    seed: int = 1
-    augment: bool = True  # image inputs: the training transform (else the evaluation one)
-    device: str = "cpu"
-    eval_batch_size: int = 256
-    max_steps_per_epoch: int | None = None  # smoke runs: a couple of batches per epoch exercise every path
-    validate: bool = True  # evaluate on the validation split after every epoch (needed for patience/best)
-    feature_views: int = 8  # cached-feature methods with augment: augmented views cached per image
-
-    def with_(self, **overrides: Any) -> "TrainConfig":
-        unknown = sorted(set(overrides) - set(asdict(self)))
-        if unknown:
-            raise TypeError(f"unknown TrainConfig fields {unknown}")
-        return replace(self, **overrides)
-
-
-# The references' settings (anchors.md). Profiles scale epochs and batch sizes down.
-METHOD_DEFAULTS: dict[str, TrainConfig] = {
-    "coop": TrainConfig(epochs=50, batch_size=32, lr=0.002),
-    "cocoop": TrainConfig(epochs=10, batch_size=1, lr=0.002),
-    "maple": TrainConfig(epochs=5, batch_size=4, lr=0.0035),
-    "kgcoop": TrainConfig(epochs=50, batch_size=32, lr=0.002),  # CoOp's settings (KgCoOp's README: batch 128)
-    "biomedcoop": TrainConfig(epochs=100, batch_size=4, lr=0.0025),  # 50 for base-to-novel
-    "cilmp": TrainConfig(epochs=100, batch_size=64, lr=0.0025),
-    # the few-shot benchmark's adapter baselines (BiomedCoOp's repository)
-    "clip_adapter": TrainConfig(epochs=20, batch_size=32, lr=0.01),
-    "tip_adapter_f": TrainConfig(epochs=20, batch_size=256, optimizer="adamw", lr=1e-3, weight_decay=0.01, warmup_epochs=0),
-    "vpt_deep": TrainConfig(epochs=5, batch_size=4, lr=0.0025),
-    "ivlp": TrainConfig(epochs=5, batch_size=4, lr=0.0025),
-    # the implant study does not give its fine-tuning settings: common ViT transfer defaults
-    "vit_finetune_full": TrainConfig(epochs=10, batch_size=32, optimizer="adamw", lr=1e-4, weight_decay=0.05,
-                                     warmup_epochs=0, grad_clip=1.0),
-    "vit_finetune_head": TrainConfig(epochs=50, batch_size=128, optimizer="adamw", lr=1e-3, weight_decay=0.0,
-                                     warmup_epochs=0),
-}
-
-
-def default_config(method: str, **overrides: Any) -> TrainConfig:
-    return METHOD_DEFAULTS.get(method, TrainConfig()).with_(**overrides)
 
 
 def seed_everything(seed: int) -> None:
@@ -162,6 +110,8 @@ def predict(method: nn.Module, data: Data, batch_size: int = 256, amp: bool = Tr
     """(logits, labels) over a split or cached features: class prompts are encoded once per
     pass, and image features come from the cache when the image tower is frozen."""
     data = cached_inputs(method, data, cache)
+    if getattr(method, "eval_in_one_batch", False):  # a closed form: one matrix product over the split
+        batch_size = max(1, len(data[1]) if isinstance(data, tuple) else len(data))
     was = method.training
     method.eval()
     device = _device(method)
@@ -186,7 +136,8 @@ def _evaluate(method: nn.Module, data: Data | None, cfg: TrainConfig) -> tuple[f
 def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainConfig = TrainConfig(),
         checkpoint_dir: str | Path | None = None, resume: bool = False, callbacks: Sequence[Callback] = (),
         progress: bool | str = True, desc: str = "", cache: FeatureCache | None = None) -> pd.DataFrame:
-    """Train `method` in place; returns the per-epoch history.
+    """Train `method` in place; returns the per-epoch history (`train_<term>` per named loss
+    term) with every optimizer step's loss and terms in `history.attrs["steps"]`.
 
     Cached-feature methods given Splits read `cache` (default: the project's `data/cache`):
     with `augment`, `feature_views` augmented views per training image, one drawn per epoch.
@@ -229,23 +180,29 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
     bar = tqdm(total=steps * (cfg.epochs - start_epoch), desc=desc or type(method).__name__,
                disable=progress is not True, mininterval=1)
     t0 = time.time()
+    steps_log: list[dict] = []  # every optimizer step's loss and named terms (this call's steps)
     for epoch in range(start_epoch, cfg.epochs):
         gen.manual_seed(cfg.seed * 10007 + epoch)  # a resumed run shuffles as an uninterrupted one
         method.train()
         total, correct, seen = 0.0, 0, 0
+        term_sums: dict[str, float] = {}
         for step, (x, y) in enumerate(loader(method, train, cfg.batch_size, True, cfg.augment, gen, epoch, cfg.seed)):
             if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
                 break
             x, y = x.to(device), y.to(device)
             with _autocast(cfg, device):
                 logits = method(x)
-                loss = method.loss(logits.float(), y)
+                terms = method.loss_terms(logits.float(), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = method.backward_step(terms)  # the sum of the terms, or the method's own gradient shaping
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             total += float(loss.detach()) * len(y)
+            step_terms = {name: float(term.detach()) for name, term in terms.items()}
+            for name, value in step_terms.items():
+                term_sums[name] = term_sums.get(name, 0.0) + value * len(y)
+            steps_log.append({"epoch": epoch + 1, "step": len(steps_log) + 1, "loss": float(loss.detach()), **step_terms})
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             bar.update()
@@ -254,7 +211,8 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
         sched.step()
         val_loss, val_acc = _evaluate(method, val if cfg.validate else None, cfg)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": total / max(seen, 1), "train_acc": correct / max(seen, 1),
-               "val_loss": val_loss, "val_acc": val_acc, "seconds": time.time() - t0}
+               "val_loss": val_loss, "val_acc": val_acc, "seconds": time.time() - t0,
+               **{f"train_{name}": v / max(seen, 1) for name, v in term_sums.items()}}
         history.append(row)
         if progress == "lines":
             print(f"{desc or type(method).__name__} epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.3f} "
@@ -267,13 +225,10 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
         else:
             stale += 1
         if ckpt is not None:
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"epoch": epoch, "method": method.trainable_state(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "history": history, "best_acc": best_acc,
-                        "best_state": best_state, "stale": stale, "torch_rng": torch.get_rng_state(),
-                        "config": asdict(cfg)}, tmp)
-            tmp.replace(ckpt)  # never a half-written checkpoint
+            atomic_torch_save({"epoch": epoch, "method": method.trainable_state(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "history": history, "best_acc": best_acc,
+                               "best_state": best_state, "stale": stale, "torch_rng": torch.get_rng_state(),
+                               "config": asdict(cfg)}, ckpt)  # never a half-written checkpoint
         stop = any(cb(row, method) for cb in callbacks)
         if stop or (cfg.patience is not None and stale >= cfg.patience):
             break
@@ -281,4 +236,6 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
     if cfg.select == "best" and best_state is not None:
         method.load_trainable_state(best_state)
     method.eval()
-    return pd.DataFrame(history)
+    out = pd.DataFrame(history)
+    out.attrs["steps"] = pd.DataFrame(steps_log)
+    return out

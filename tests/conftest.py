@@ -65,3 +65,54 @@ def adapters(model_configs):
 
     torch.manual_seed(0)
     return {k: load_backbone(str(p)).eval() for k, p in model_configs.items()}
+
+
+# --------------------------------------------------------------------------- shared tiny data
+
+TINY_NAMES = ["oval", "plate", "round", "screw"]
+TINY_GROUPS = {"oval": "g1", "plate": "g1", "round": "g2", "screw": "g2"}
+TINY_PER_SPLIT = {"train": 4, "val": 2, "test": 3}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: the runner's small matrices are faster so, and results do not
+    depend on how many cores the machine has."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """Four classes in two groups, 32-px images written to disk (train 4, val 2, test 3 per
+    class), with descriptions: what a user's small dataset looks like to the runner."""
+    import numpy as np
+    from PIL import Image
+
+    from medkit.data import Dataset, LabelSpace, Sample, Split
+
+    root = tmp_path_factory.mktemp("tinyset")
+    rng = np.random.default_rng(0)
+    labels = LabelSpace(TINY_NAMES, TINY_GROUPS)
+    splits = {}
+    for split, n in TINY_PER_SPLIT.items():
+        samples = []
+        for c, name in enumerate(TINY_NAMES):
+            for i in range(n):
+                path = root / f"{split}_{name}_{i}.png"
+                px = np.clip(rng.normal(60 * c, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(px).save(path)
+                samples.append(Sample(path, c, name, TINY_GROUPS[name]))
+        splits[split] = Split(split, samples, labels)
+    desc = {n: [f"a {n} device", f"an x-ray of a {n} implant", f"the {n} with two leads"] for n in TINY_NAMES}
+    return Dataset("tinyset", splits, labels, root, desc)
+
+
+def tiny_knowledge(names=TINY_NAMES):
+    """Per-class 'LLM representations' [C, 4 layers, 8]: random, seeded."""
+    from medkit.knowledge import LLMRepresentations
+
+    h = torch.randn(len(names), 4, 8, generator=torch.Generator().manual_seed(1))
+    return LLMRepresentations(list(names), h, list(names), "test", "encoder", "q")

@@ -6,7 +6,6 @@ the validation search, parameters created in `prepare`, and LP++'s initialisatio
 """
 from __future__ import annotations
 
-from typing import Iterator
 
 import pytest
 import torch
@@ -24,12 +23,7 @@ NAMES = ["round", "oval", "plate"]  # single tokens of both tiny vocabularies (s
 PHOTO_T = "a photo of a {}."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run fastest on one thread
 
 
 def unit(n: int, dim: int, seed: int = 0) -> torch.Tensor:
@@ -165,7 +159,7 @@ def test_clip_adapter_is_scale_invariant(adapters):
 def test_tip_adapter_alpha_zero_is_zero_shot(adapters, family):
     ad = adapters[family]
     m = TipAdapter(ad, NAMES, alpha=0.0)
-    assert m.trainable_state() == {}
+    assert not list(m.trainable_parameters()) and set(m.trainable_state()) == {"alpha", "beta"}  # no cache yet
     with pytest.raises(RuntimeError, match="prepare"):
         m(unit(2, ad.embed_dim))
     m.prepare((unit(6, ad.embed_dim, seed=1), torch.tensor([0, 1, 2, 0, 1, 2])))
@@ -232,7 +226,7 @@ def test_tip_adapter_f_trains_only_the_keys(adapters, tmp_path):
     m = TipAdapterF(ad, NAMES)
     assert list(m.trainable_parameters()) == []  # no cache before prepare
     with pytest.raises(RuntimeError, match="prepare"):
-        m.load_trainable_state({})
+        m(x)
     m.prepare((x, y))
     assert [n for n, p in m.named_parameters() if p.requires_grad] == ["cache_keys"]
     assert not m.cache_values.requires_grad
@@ -248,12 +242,17 @@ def test_tip_adapter_f_trains_only_the_keys(adapters, tmp_path):
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
     assert not torch.equal(m.cache_keys.detach(), start)
-    # the trained keys round-trip into a freshly prepared instance
+    # the trained keys (with the cache's values and α, β) round-trip into a fresh instance,
+    # prepared or not, and into a prepared one in place (an optimizer holding the keys keeps them)
     state = m.trainable_state()
-    assert set(state) == {"cache_keys"}
+    assert set(state) == {"cache_keys", "cache_values", "alpha", "beta"}
     other = TipAdapterF(ad, NAMES)
-    other.prepare((x, y))
     other.load_trainable_state(state)
+    prepared = TipAdapterF(ad, NAMES)
+    prepared.prepare((x, y))
+    keys = prepared.cache_keys
+    prepared.load_trainable_state(state)
+    assert prepared.cache_keys is keys and torch.equal(prepared.cache_keys, m.cache_keys)
     m.eval()
     with torch.no_grad():
         torch.testing.assert_close(other(x), m(x), rtol=0, atol=0)

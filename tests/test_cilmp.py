@@ -2,7 +2,6 @@
 trains (only the intervention, projection and prompt parameters), moving to new classes."""
 from __future__ import annotations
 
-from typing import Iterator
 
 import pytest
 import torch
@@ -15,12 +14,7 @@ from medkit.methods.cilmp import standardized
 NAMES = ["round", "oval", "plate"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run fastest on one thread
 
 
 def knowledge(names=tuple(NAMES) + ("screw",), layers: int = 6, dim: int = 12) -> LLMRepresentations:

@@ -3,7 +3,6 @@ the MiniLM stand-in on its real weights, the on-disk format, and the CLI. All of
 from __future__ import annotations
 
 import json
-from typing import Iterator
 
 import pytest
 import torch
@@ -22,13 +21,7 @@ DESCRIPTIONS = {
 N_NEW = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models on a busy 2-core machine: extra intra-op threads only add waiting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run fastest on one thread
 
 
 def _tiny_gpt2(vocab_size: int, eos_id: int | None, seed: int = 0):

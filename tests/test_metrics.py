@@ -12,7 +12,6 @@ from medkit.metrics import (
     classification_metrics,
     confusion,
     is_probability_matrix,
-    metrics_table,
     per_class_accuracy,
 )
 
@@ -130,15 +129,3 @@ def test_bootstrap_is_reproducible_and_rejects_unknown_metric():
         bootstrap_ci(Y, P, metric="nope")
     with pytest.raises(ValueError, match="unknown metric"):
         bootstrap_ci(Y, P, metric="group_acc")  # needs class_to_group
-
-
-def test_metrics_table_rounds_and_keeps_labels():
-    rows = [
-        {"method": "zero-shot", "acc": 0.51234, "top3": 0.9, "auc": None, "kappa": 0.2, "group_acc": None},
-        {"method": "linear probe", "acc": 0.7, "f1_macro": 0.66666, "top3": 0.95},
-    ]
-    df = metrics_table(rows)
-    assert list(df.columns) == ["method", "acc", "top3", "f1_macro", "auc", "group_acc"]
-    assert df.loc[0, "acc"] == 0.512
-    assert df.loc[1, "f1_macro"] == 0.667
-    assert math.isnan(df.loc[0, "auc"])

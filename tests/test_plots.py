@@ -16,7 +16,8 @@ from medkit.plots import (  # noqa: E402
     group_order,
     plot_bars,
     plot_confusion,
-    plot_history,
+    plot_histories,
+    plot_loss_terms,
     plot_per_class_accuracy,
     plot_sample_grid,
     plot_training_curve,
@@ -30,14 +31,20 @@ def close_figures():
     plt.close("all")
 
 
-def test_history_two_panels_with_and_without_validation():
+def test_histories_two_panels_with_and_without_validation():
     h = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.7, 0.5], "val_loss": [1.1, 0.9, np.nan],
                       "train_acc": [0.4, 0.6, 0.7], "val_acc": [0.3, 0.5, np.nan]})
-    fig = plot_history(h)
+    fig = plot_histories({"a": h, "b": h.assign(val_loss=np.nan, val_acc=np.nan)})
     assert isinstance(fig, Figure) and len(fig.axes) == 2
-    assert len(fig.axes[0].lines) == 2
-    fig = plot_history(h[["epoch", "train_loss", "train_acc"]])
-    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 1
+    assert len(fig.axes[0].lines) == 3  # a: train + val, b: train only
+
+
+def test_loss_terms_one_line_per_term():
+    steps = pd.DataFrame({"step": [1, 2, 3], "loss": [3.0, 2.0, 1.5], "ce": [2.0, 1.5, 1.2], "sccm": [0.5, 0.3, 0.2],
+                          "kdsp": [0.5, 0.2, 0.1]})
+    fig = plot_loss_terms({"BiomedCoOp": steps}, title="terms")
+    assert len(fig.axes) == 1 and len(fig.axes[0].lines) == 4
+    assert {t.get_text() for t in fig.axes[0].get_legend().get_texts()} >= {"BiomedCoOp: sccm", "BiomedCoOp: total"}
 
 
 def test_group_order_is_stable_by_first_appearance():

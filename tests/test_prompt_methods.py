@@ -2,7 +2,7 @@
 batching, gradient routing, parameter shapes, and the linear probe."""
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -25,14 +25,7 @@ NAMES = ["round", "oval", "plate"]
 PHOTO = "a photo of a"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """These models are tiny: extra intra-op threads only add synchronisation, and on a
-    busy 2-core machine each op then waits for a descheduled worker (~100× slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run fastest on one thread
 
 
 def images(ad: BackboneAdapter, n: int, seed: int = 0) -> torch.Tensor:
@@ -219,7 +212,7 @@ def test_depth_zero_is_zero_shot(adapters, family, name):
     zs = ZeroShotClassifier.from_templates(ad, "a photo of a {}.", NAMES)
     x = images(ad, 2)
     with torch.no_grad():
-        torch.testing.assert_close(m(x), zs(x), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(m(x), zs.logits_from_images(x), rtol=1e-5, atol=1e-4)
     assert not list(m.trainable_parameters())  # nothing to learn at depth 0
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from medkit.data import DataError, LabelSpace, Sample, Split
-from medkit.protocols import (base_novel_classes, base_to_novel, few_shot, harmonic_mean, k_shot_indices,
+from medkit.protocols import (base_novel_classes, few_shot, restrict, harmonic_mean, k_shot_indices,
                               save_indices)
 
 
@@ -56,8 +56,8 @@ def test_base_classes_are_the_first_ceil_half(n, n_base):
 
 def test_base_to_novel_relabels_each_half_from_zero():
     splits = {k: _split(k, [2, 3, 4, 5, 6], groups=True) for k in ("train", "val", "test")}
-    bn = base_to_novel(splits)
-    base_test, novel_test = bn["base"]["test"], bn["novel"]["test"]
+    base, novel = base_novel_classes(splits["train"].labels)
+    base_test, novel_test = restrict(splits["test"], base), restrict(splits["test"], novel)
     assert base_test.labels.classnames == ("c0", "c1", "c2") and novel_test.labels.classnames == ("c3", "c4")
     assert sorted({s.label for s in novel_test.samples}) == [0, 1]
     assert [s.classname for s in novel_test.samples if s.label == 0] == ["c3"] * 5

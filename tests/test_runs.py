@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 import medkit.runs as runs  # noqa: E402
-from medkit.runs import RESULT_COLUMNS, append_result, read_results, start_run, summarise  # noqa: E402
+from medkit.runs import RESULT_COLUMNS, append_result, read_results, start_run  # noqa: E402
 
 
 class _FrozenClock(datetime):
@@ -62,9 +62,6 @@ def test_metrics_history_figure_checkpoint(tmp_path):
     merged = run.save_metrics({"acc": 0.6, "kappa": 0.1})
     assert merged == {"acc": 0.6, "auc": 0.7, "kappa": 0.1}
     assert json.loads((run.path / "metrics.json").read_text()) == merged
-
-    run.save_history([{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.5}])
-    assert pd.read_csv(run.path / "history.csv")["train_loss"].tolist() == [1.0, 0.5]
 
     fig, ax = plt.subplots()
     ax.plot([0, 1])
@@ -118,12 +115,3 @@ def test_concurrent_appends_keep_one_header(tmp_path):
     df = read_results(tmp_path)
     assert len(df) == 50 and (df["method"] == "m, with comma").all()
     assert (tmp_path / "results.csv").read_text().count("run_id") == 1
-
-
-def test_summarise_mean_std_over_seeds():
-    df = pd.DataFrame({"dataset": ["d"] * 3, "method": ["a", "a", "b"], "seed": [0, 1, 0],
-                       "acc": [0.5, 0.6, 0.7], "auc": [0.8, 0.8, np.nan]})
-    out = summarise(df, by=["dataset", "method"], metrics=["acc", "auc"])
-    assert out["acc"].tolist() == ["0.550 ± 0.071", "0.700"]
-    assert out["auc"].tolist() == ["0.800 ± 0.000", ""]
-    assert out["n"].tolist() == [2, 1]

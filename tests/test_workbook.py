@@ -39,13 +39,28 @@ def test_smoke_workbook_end_to_end(tmp_path):
         assert list((r.executed.parent / "figures").glob("*.png")), f"{r.notebook.name} saved no figure"
     df = pd.read_csv(outputs / "results.csv")
     assert list(df.columns) == RESULT_COLUMNS
+    assert df["setting_id"].notna().all() and df["protocol"].notna().all() and df["options"].notna().all()
     zs = df[df.method == "zeroshot"]
     assert set(zs.dataset) == {"synth_implants45", "synth_ortho12"}
-    assert {"xray_train", "xray_test", "natural_test"} <= set(zs.split)
+    assert {("xray", "train"), ("xray", "test"), ("natural", "test")} <= set(zip(zs.domain, zs.split))
+    # what the notebooks' tables show: 03's study table has its zero-shot baseline row
+    table = json.loads((_run_of(results, "03_coop") / "metrics.json").read_text())["table"]
+    assert {"zeroshot", "coop"} <= {r["method"] for r in table}
+    # the few-shot grid is the registry's: every method with a grid entry has rows in 07
+    from medkit.methods import REGISTRY
+
+    grid = {name for name, spec in REGISTRY.items() if spec.grid}
+    assert grid <= set(df[(df.notebook == "07_knowledge_fewshot") & (df.protocol == "few_shot")].method)
+    assert {"base", "novel"} <= set(df[df.protocol == "base_to_novel"].classes)
+    assert {"groups", "all"} <= set(df[df.protocol == "hierarchical"].classes)
     assert {"descriptions", "name_study_template", "name_template_ensemble"} <= set(zs.variant)
     assert zs[zs.dataset == "synth_implants45"].group_acc.notna().all()
     assert zs[zs.dataset == "synth_ortho12"].group_acc.isna().all()
     assert zs.acc.between(0, 1).all()
+
+
+def _run_of(results, notebook: str) -> Path:
+    return next(r.executed.parent for r in results if r.notebook.stem == notebook)
 
 
 def test_failure_names_notebook_and_cell(tmp_path):

@@ -1,4 +1,4 @@
-"""Zero-shot classifier and evaluation glue."""
+"""Zero-shot classifier and the single-label task's metrics."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from medkit.data import LabelSpace
-from medkit.evaluation import evaluate_logits, study_table
+from medkit.reporting import metric_table
+from medkit.tasks import SINGLE_LABEL
 from medkit.methods import REGISTRY, ZeroShotClassifier, get_method
 from medkit.prompts import ensemble_from_templates, fill
 
@@ -16,6 +17,7 @@ CLASSES = ["CRV-101", "CRV-202", "HAL-303"]
 
 def test_registry_names():
     assert get_method("zeroshot") is ZeroShotClassifier and "zeroshot" in REGISTRY
+    assert ZeroShotClassifier.from_templates is not None
     with pytest.raises(KeyError, match="unknown method 'nope'"):
         get_method("nope")
 
@@ -39,7 +41,7 @@ def test_ensemble_is_normalised_mean_of_normalised_sentences(adapters, family):
     torch.testing.assert_close(clf.class_features, F.normalize(per.mean(0), dim=-1), rtol=1e-5, atol=1e-6)
     x = torch.randn(4, 3, ad.image_size, ad.image_size)
     with torch.no_grad():
-        logits = clf(x)
+        logits = clf.logits_from_images(x)
         img = F.normalize(ad.encode_image(x), dim=-1)
     torch.testing.assert_close(logits, ad.logit_scale * img @ clf.class_features.T, rtol=1e-4, atol=1e-4)
 
@@ -55,12 +57,12 @@ def test_evaluate_logits_group_accuracy_and_ci():
     labels = LabelSpace(("a1", "a2", "b1", "b2"), {"a1": "A", "a2": "A", "b1": "B", "b2": "B"})
     y = np.array([0, 1, 2, 3, 0, 2])
     logits = np.eye(4)[[1, 1, 2, 0, 0, 3]] * 5.0  # right: idx 1,2,4 ; same group wrong: 0,5 ; cross: 3
-    m = evaluate_logits(logits, y, labels, ci_resamples=200)
+    m = SINGLE_LABEL.metrics(logits, y, labels, ci_resamples=200)
     assert m["acc"] == pytest.approx(3 / 6)
     assert m["group_acc"] == pytest.approx(5 / 6)
     lo, hi = m["acc_ci"]
     assert lo <= 0.5 <= hi
-    flat = evaluate_logits(logits, y, LabelSpace(("a1", "a2", "b1", "b2")))
+    flat = SINGLE_LABEL.metrics(logits, y, LabelSpace(("a1", "a2", "b1", "b2")))
     assert flat["group_acc"] is None
-    table = study_table([{"variant": "v", **m}], ["variant"])
+    table = metric_table([{"variant": "v", **m}], ["variant"])
     assert list(table.columns) == ["acc", "top3", "f1_macro", "auc", "kappa", "group_acc"]

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from medkit.atomic import atomic_torch_save
+
 MINICLIP_VERSION = 1
 
 
@@ -304,9 +306,7 @@ def load_or_train(preset: str = "miniclip", root: Path | str = "data", progress:
         import pandas as pd
 
         pd.DataFrame(history).to_csv(folder / "history.csv", index=False)
-        tmp = weights.with_suffix(".tmp")
-        torch.save(trainable_state(model), tmp)
-        tmp.rename(weights)  # the weights appear only when complete
+        atomic_torch_save(trainable_state(model), weights)  # the weights appear only when complete
         return model, cfg, folder
     model = build_model(cfg)
     missing, unexpected = model.load_state_dict(torch.load(weights, map_location="cpu"), strict=False)

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from medkit.atomic import atomic_torch_save
+
 VERSION = 1
 
 
@@ -111,7 +113,5 @@ def load_or_train(cfg: SupervisedConfig = SupervisedConfig(), root: Path | str =
     import pandas as pd
 
     pd.DataFrame(history).to_csv(folder / "history.csv", index=False)
-    tmp = weights.with_suffix(".tmp")
-    torch.save(trunk.state_dict(), tmp)
-    tmp.replace(weights)  # appears only when complete
+    atomic_torch_save(trunk.state_dict(), weights)  # appears only when complete
     return trunk

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from medkit.backbones import BackboneAdapter
-from medkit.methods import register
+from medkit.config import TrainConfig
+from medkit.methods import Budget, GridEntry, Ref, register
 from medkit.methods.coop import CoOp
 
 PRUNING_RULES = ("mad", "zscore", "none")
@@ -135,7 +136,9 @@ def kdsp_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tor
     return kl / student_logits.numel()
 
 
-@register("biomedcoop")
+@register("biomedcoop", kind="prompt", training=TrainConfig(epochs=100, batch_size=4, lr=0.0025),  # 50 for base-to-novel
+          budgets={"tiny": Budget(train=dict(batch_size=32, lr=0.02, optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))},
+          grid=(GridEntry("BiomedCoOp", {"ensembles": Ref("descriptions")}),))
 class BiomedCoOp(CoOp):
     uses_cached_features = True
 
@@ -170,15 +173,15 @@ class BiomedCoOp(CoOp):
         selected = F.normalize(self.sentences[:, kept].mean(1), dim=-1)
         return self.cosine_logits(image_features, selected)
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(logits, targets)
+    def loss_terms(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`ce`, `sccm` (λ_SCCM · SCCM) and `kdsp` (λ_KDSP · KDSP): each is logged per epoch."""
+        terms = {"ce": F.cross_entropy(logits, targets)}
         if self._step is None:
-            return ce
+            return terms
         image_features, tf = self._step
         self._step = None
-        total = ce
         if self.lambda_sccm:
-            total = total + self.lambda_sccm * sccm_loss(tf, self.ensemble_mean)
+            terms["sccm"] = self.lambda_sccm * sccm_loss(tf, self.ensemble_mean)
         if self.lambda_kdsp:
-            total = total + self.lambda_kdsp * kdsp_loss(logits, self.teacher_logits(image_features))
-        return total
+            terms["kdsp"] = self.lambda_kdsp * kdsp_loss(logits, self.teacher_logits(image_features))
+        return terms

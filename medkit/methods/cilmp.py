@@ -31,7 +31,8 @@ from torch import nn
 
 from medkit.backbones import BackboneAdapter
 from medkit.backbones.adapter import replace_positions
-from medkit.methods import register
+from medkit.config import TrainConfig
+from medkit.methods import Budget, GridEntry, Ref, register
 from medkit.methods.base import FrozenBackboneMethod
 from medkit.methods.context import phrase_embeddings, prompt_layout
 from medkit.methods.deep import prompt_stack, resolve_depth
@@ -53,7 +54,13 @@ def default_length(n_layers: int) -> int:
     return min(4, n_layers // 2)
 
 
-@register("cilmp")
+# B·C text passes per step and per evaluated image, like CoCoOp: on the CPU profiles K ∈ {1, 4, 16}
+# only, a few steps, and a capped evaluation
+@register("cilmp", kind="prompt", training=TrainConfig(epochs=100, batch_size=64, lr=0.0025),
+          budgets={"smoke": Budget(train=dict(batch_size=4), eval_images={"few_shot": 8}, shots=(1, 4, 16)),
+                   "tiny": Budget(train=dict(batch_size=4, lr=0.01, optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False), steps=4,
+                                  eval_images={"few_shot": 30}, shots=(1, 4, 16))},
+          grid=(GridEntry("CILMP", {"knowledge": Ref("knowledge")}),), example={"text_depth": 1})
 class CILMP(FrozenBackboneMethod):
     def __init__(self, adapter: BackboneAdapter, classnames: list[str], knowledge, n_ctx: int = 4,
                  ctx_init: str | None = "a photo of a", prefix: int | None = None, suffix: int | None = None, rank: int = DEFAULT_RANK,

@@ -23,10 +23,11 @@ import torch
 from torch import nn
 
 from medkit.backbones import BackboneAdapter
-from medkit.methods import register
+from medkit.config import TrainConfig
+from medkit.methods import Budget, GridEntry, register
 from medkit.methods.base import FrozenBackboneMethod
-from medkit.methods.zeroshot import ZeroShotClassifier
-from medkit.prompts import CLIP_DEFAULT_TEMPLATE
+from medkit.methods.zeroshot import class_text_features
+from medkit.prompts import CLIP_DEFAULT_TEMPLATE, ensemble_from_templates
 
 
 @torch.no_grad()
@@ -36,11 +37,9 @@ def zero_shot_weights(adapter: BackboneAdapter, classnames: Sequence[str],
     """Frozen zero-shot class text features `[C, E]`, unit norm: per class the normalised
     mean of its normalised sentence features. Sentence ensembles `{class: [sentences]}`,
     when given, win over the templates."""
-    if ensembles is not None:
-        zs = ZeroShotClassifier.from_ensembles(adapter, ensembles, list(classnames))
-    else:
-        zs = ZeroShotClassifier.from_templates(adapter, templates, list(classnames))
-    return zs.class_features.detach().float()
+    if ensembles is None:
+        ensembles = ensemble_from_templates([templates] if isinstance(templates, str) else list(templates), classnames)
+    return class_text_features(adapter, ensembles, list(classnames)).detach().float()
 
 
 class Adapter(nn.Sequential):
@@ -50,7 +49,10 @@ class Adapter(nn.Sequential):
                          nn.Linear(hidden, dim, bias=False), nn.ReLU(inplace=True))
 
 
-@register("clip_adapter")
+# the few-shot benchmark's adapter baselines (BiomedCoOp's repository); tiny: AdamW, a step budget
+@register("clip_adapter", kind="adapter", training=TrainConfig(epochs=20, batch_size=32, lr=0.01),
+          budgets={"tiny": Budget(train=dict(batch_size=32, lr=0.01, optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))},
+          grid=(GridEntry("CLIP-Adapter"),))
 class CLIPAdapter(FrozenBackboneMethod):
     uses_cached_features = True
 

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from medkit.backbones import BackboneAdapter
-from medkit.methods import register
+from medkit.config import TrainConfig
+from medkit.methods import Budget, GridEntry, register
 from medkit.methods.base import FrozenBackboneMethod
 from medkit.methods.context import PromptContext
 
@@ -24,7 +25,13 @@ class MetaNet(nn.Sequential):
         super().__init__(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
 
 
-@register("cocoop")
+# B·K text passes per step and per evaluated image: on the CPU profiles a few steps, no
+# per-epoch validation, and a capped evaluation (~2 images per class at 45 classes)
+@register("cocoop", kind="prompt", training=TrainConfig(epochs=10, batch_size=1, lr=0.002),
+          budgets={"smoke": Budget(train=dict(batch_size=4), eval_images={"full": 8, "few_shot": 8}),
+                   "tiny": Budget(train=dict(epochs=2, batch_size=4, max_steps_per_epoch=6, lr=0.01, optimizer="adamw", weight_decay=0.0, warmup_epochs=0,
+                                             validate=False), steps=4, eval_images={"full": 90, "few_shot": 30})},
+          grid=(GridEntry("CoCoOp", {"n_ctx": None, "ctx_init": "a photo of a"}),))
 class CoCoOp(FrozenBackboneMethod):
     uses_cached_features = True
 

@@ -18,13 +18,17 @@ import torch
 import torch.nn.functional as F
 
 from medkit.backbones import BackboneAdapter
-from medkit.methods import register
+from medkit.config import TrainConfig
+from medkit.methods import Budget, GridEntry, register
 from medkit.methods.clip_adapter import zero_shot_weights
 from medkit.methods.coop import CoOp
 from medkit.prompts import CLIP_DEFAULT_TEMPLATE
 
 
-@register("kgcoop")
+# CoOp's settings (KgCoOp's README: batch 128)
+@register("kgcoop", kind="prompt", training=TrainConfig(epochs=50, batch_size=32, lr=0.002),
+          budgets={"tiny": Budget(train=dict(batch_size=32, lr=0.02, optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))},
+          grid=(GridEntry("KgCoOp"),))
 class KgCoOp(CoOp):
     uses_cached_features = True
 
@@ -51,10 +55,12 @@ class KgCoOp(CoOp):
         cos = F.cosine_similarity(text_features.float(), self.hand_crafted, dim=-1, eps=1e-7)
         return 1.0 - cos.mean()
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(logits, targets)
+    def loss_terms(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`ce` and `kg` (w · the regulariser), logged per epoch."""
+        terms = {"ce": F.cross_entropy(logits, targets)}
         if not self.training or self.weight == 0:
-            return ce
+            return terms
         if self._step_text is None:
-            raise RuntimeError("KgCoOp.loss in training needs the forward pass of the same step first")
-        return ce + self.weight * self.regulariser(self._step_text)
+            raise RuntimeError("KgCoOp.loss_terms in training needs the forward pass of the same step first")
+        terms["kg"] = self.weight * self.regulariser(self._step_text)
+        return terms

@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 from medkit.backbones import BackboneAdapter
-from medkit.methods import register
+from medkit.methods import GridEntry, register
 from medkit.methods.base import FrozenBackboneMethod
 
 
-@register("linear_probe")
+@register("linear_probe", kind="probe", grid=(GridEntry("LP"),), novel_classes=False)
 class LinearProbe(FrozenBackboneMethod):
     uses_cached_features = True
     trains_by_gradient = False  # scikit-learn's L-BFGS fits it in `prepare`

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medkit.backbones import BackboneAdapter
-from medkit.methods import register
+from medkit.methods import GridEntry, register
 from medkit.methods.base import FrozenBackboneMethod
 from medkit.methods.clip_adapter import zero_shot_weights
 from medkit.prompts import CLIP_DEFAULT_TEMPLATE
@@ -36,7 +36,7 @@ from medkit.prompts import CLIP_DEFAULT_TEMPLATE
 Features = tuple[torch.Tensor, torch.Tensor]
 
 
-@register("lp_pp")
+@register("lp_pp", kind="probe", grid=(GridEntry("LP++"),), novel_classes=False)
 class LPPlusPlus(FrozenBackboneMethod):
     uses_cached_features = True
     trains_by_gradient = False

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from medkit.backbones import BackboneAdapter
-from medkit.methods import register
+from medkit.config import TrainConfig
+from medkit.methods import Budget, GridEntry, register
 from medkit.methods.base import FrozenBackboneMethod
 from medkit.methods.clip_adapter import zero_shot_weights
 from medkit.prompts import CLIP_DEFAULT_TEMPLATE
@@ -37,7 +38,7 @@ def search_grid(scale: float, steps: int) -> list[float]:
     return [0.1 + i * (scale - 0.1) / steps for i in range(steps)]
 
 
-@register("tip_adapter")
+@register("tip_adapter", kind="adapter", grid=(GridEntry("Tip-Adapter"),), novel_classes=False)
 class TipAdapter(FrozenBackboneMethod):
     uses_cached_features = True
     trains_by_gradient = False
@@ -69,6 +70,31 @@ class TipAdapter(FrozenBackboneMethod):
         keys = F.normalize(feats.detach().float().to(device), dim=-1)
         self.cache_keys = nn.Parameter(keys.clone()) if self.learn_keys else keys
         self.cache_values = F.one_hot(labels, self.n_classes).float()
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Everything `prepare` and `finish` fitted: the cache (keys, values) and the searched
+        α, β — a checkpoint of a training-free method is its cache."""
+        state = super().trainable_state()  # Tip-Adapter-F: the keys are its parameter
+        if self.cache_keys is not None:
+            state.setdefault("cache_keys", self.cache_keys.detach().clone())
+            state["cache_values"] = self.cache_values.detach().clone()
+        state["alpha"], state["beta"] = torch.tensor(self.alpha), torch.tensor(self.beta)
+        return state
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        state = dict(state)
+        self.alpha = float(state.pop("alpha", self.alpha))
+        self.beta = float(state.pop("beta", self.beta))
+        keys, values = state.pop("cache_keys", None), state.pop("cache_values", None)
+        if keys is not None:
+            device = self.text_weights.device
+            if self.cache_keys is not None and self.cache_keys.shape == keys.shape:
+                with torch.no_grad():  # in place: an optimizer holding the keys keeps them (resume)
+                    self.cache_keys.copy_(keys)
+            else:
+                self.cache_keys = nn.Parameter(keys.clone().to(device)) if self.learn_keys else keys.clone().to(device)
+            self.cache_values = values.clone().to(device)
+        super().load_trainable_state(state)
 
     def _check_prepared(self) -> None:
         if self.cache_keys is None:
@@ -109,7 +135,10 @@ class TipAdapter(FrozenBackboneMethod):
         self.alpha, self.beta = best
 
 
-@register("tip_adapter_f")
+@register("tip_adapter_f", kind="adapter",
+          training=TrainConfig(epochs=20, batch_size=256, optimizer="adamw", lr=1e-3, weight_decay=0.01, warmup_epochs=0),
+          budgets={"tiny": Budget(train=dict(batch_size=32, lr=0.01, optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))},
+          grid=(GridEntry("Tip-Adapter-F"),), novel_classes=False)
 class TipAdapterF(TipAdapter):
     """Tip-Adapter with the cache keys trained by the generic loop (only they train)."""
 
@@ -118,7 +147,3 @@ class TipAdapterF(TipAdapter):
     #: the reference's training of the keys (TrainConfig has no eps: AdamW's default applies)
     REFERENCE_TRAINING: dict[str, Any] = {"optimizer": "adamw", "lr": 1e-3, "eps": 1e-4, "epochs": 20,
                                           "batch_size": 256, "schedule": "cosine (per step)", "warmup_epochs": 0}
-
-    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        self._check_prepared()  # the keys' Parameter exists once the cache does
-        super().load_trainable_state(state)

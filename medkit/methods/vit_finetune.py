@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from medkit.methods import register
+from medkit.config import TrainConfig
+from medkit.methods import Budget, Ref, register
+from medkit.methods.base import MethodBase
 
 STUDY_WEIGHTS = {
     "in21k": "vit_base_patch16_224.augreg_in21k",
@@ -33,22 +35,59 @@ STUDY_WEIGHTS = {
 MODES = ("full", "head")
 
 
-@register("vit_finetune")
-class ViTClassifier(nn.Module):
-    """`trunk` maps images to pooled features (a timm model with `num_classes=0`)."""
+def _resolved(value: Any, fallback: Any) -> Any:
+    """A Ref the runner did not resolve (direct use): the fallback."""
+    return fallback if isinstance(value, Ref) else value
 
-    def __init__(self, trunk: nn.Module, n_classes: int, mode: str = "full",
-                 transforms: tuple[Callable, Callable] | None = None, weights: str = "") -> None:
-        super().__init__()
+
+# the implant study does not give its fine-tuning settings: common ViT transfer defaults
+@register("vit_finetune", kind="finetune", defaults_by="mode", novel_classes=False,
+          training={"full": TrainConfig(epochs=10, batch_size=32, optimizer="adamw", lr=1e-4, weight_decay=0.05,
+                                        warmup_epochs=0, grad_clip=1.0),
+                    "head": TrainConfig(epochs=50, batch_size=128, optimizer="adamw", lr=1e-3, weight_decay=0.0,
+                                        warmup_epochs=0)},
+          # tiny: the full run is 2 epochs; a linear head on cached trunk features costs milliseconds an epoch
+          budgets={"tiny": {"full": Budget(train=dict(epochs=2, batch_size=64, lr=1e-3)),
+                            "head": Budget(train=dict(epochs=60, batch_size=128, lr=1e-2, weight_decay=0.0))}})
+class ViTClassifier(MethodBase):
+    """A ViT trunk (pooled features, a timm model with `num_classes=0`) and a linear head.
+
+    Built like every method, `(adapter, classnames, **options)`; the adapter is unused (the
+    trunk comes from `weights`), `data_root` and `seed` are the run's (offline stand-ins are
+    cached under the data folder; the random trunk is seeded)."""
+
+    def __init__(self, adapter: Any, classnames: list[str], weights: str = "scratch", mode: str = "full",
+                 data_root: Any = Ref("data_root"), seed: Any = Ref("seed")) -> None:
         if mode not in MODES:
             raise ValueError(f"fine-tuning mode {mode!r}: choose one of {MODES}")
-        self.trunk, self.mode, self.weights = trunk, mode, weights
-        self.head = nn.Linear(trunk.num_features, n_classes)
+        trunk, transforms = load_trunk(weights, _resolved(data_root, "data"), _resolved(seed, 0))
+        super().__init__()
+        self._build(trunk, list(classnames), mode, transforms, weights)
+
+    @classmethod
+    def from_trunk(cls, trunk: nn.Module, n_classes: int, mode: str = "full",
+                   transforms: tuple[Callable, Callable] | None = None, weights: str = "") -> "ViTClassifier":
+        """A classifier around a trunk you already have."""
+        if mode not in MODES:
+            raise ValueError(f"fine-tuning mode {mode!r}: choose one of {MODES}")
+        self = cls.__new__(cls)
+        MethodBase.__init__(self)
+        self._build(trunk, [f"class {i}" for i in range(n_classes)], mode, transforms, weights)
+        return self
+
+    def _build(self, trunk: nn.Module, classnames: list[str], mode: str,
+               transforms: tuple[Callable, Callable] | None, weights: str) -> None:
+        self.trunk, self.mode, self.weights, self.classnames = trunk, mode, weights, classnames
+        self.head = nn.Linear(trunk.num_features, len(classnames))
         self.preprocess_train, self.preprocess = transforms or (None, None)
         self.uses_cached_features = mode == "head"
         if mode == "head":
             for p in self.trunk.parameters():
                 p.requires_grad_(False)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classnames)
 
     def train(self, mode: bool = True) -> "ViTClassifier":
         super().train(mode)
@@ -70,29 +109,23 @@ class ViTClassifier(nn.Module):
 
         return ImageEncoder(self.encode_images, self.trunk, "timm_trunk_pooled", self.preprocess, self.preprocess_train)
 
-    def precompute_text(self) -> None:
-        return None
-
     def forward(self, x: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(x if self.mode == "head" else self.trunk(x))
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(logits, targets)
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
-
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         self.load_state_dict(state, strict=False)
-
-    def class_indexed_parameters(self) -> set[str]:
-        return set()
 
 
 def build_vit(weights: str, n_classes: int, mode: str = "full", data_root: str | Path = "data",
               seed: int = 0) -> ViTClassifier:
     """A ViT classifier from a study weight family, a timm tag, or an offline stand-in
     (`"scratch"`, `"supervised"`, or a MiniCLIP preset name such as `"miniclip"`)."""
+    return ViTClassifier(None, [f"class {i}" for i in range(n_classes)], weights, mode, data_root, seed)
+
+
+def load_trunk(weights: str, data_root: str | Path = "data", seed: int = 0
+               ) -> tuple[nn.Module, tuple[Callable, Callable]]:
+    """(trunk, (training, evaluation) transforms) of a weight family, timm tag or stand-in."""
     import timm
 
     from medkit.backbones import supervised
@@ -113,9 +146,9 @@ def build_vit(weights: str, n_classes: int, mode: str = "full", data_root: str |
             trunk = copy.deepcopy(clip.visual.trunk)
             for p in trunk.parameters():
                 p.requires_grad_(True)
-        return ViTClassifier(trunk, n_classes, mode, transforms(cfg), weights)
+        return trunk, transforms(cfg)
     tag = STUDY_WEIGHTS.get(weights, weights)
     trunk = timm.create_model(tag, pretrained=True, num_classes=0)
     data_cfg = timm.data.resolve_data_config({}, model=trunk)
     tfs = (timm.data.create_transform(**data_cfg, is_training=True), timm.data.create_transform(**data_cfg))
-    return ViTClassifier(trunk, n_classes, mode, tfs, weights)
+    return trunk, tfs

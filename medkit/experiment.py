@@ -1,0 +1,405 @@
+"""The one experiment runner: every notebook's grid is a loop over `Experiment.run`.
+
+One run is a method setting × seed × selection:
+
+    build → prepare(frozen train, val features) → fit (if it trains by gradient)
+    → finish(val) → evaluate each part of the selection → one row per part
+
+A *selection* says which rows and labels a run sees, and nothing else differs: the full
+split; a K-shot draw (`few_shot`); the base half of the classes, evaluated on base and on
+novel test images (`base_to_novel`); the group labels and then the classes
+(`hierarchical`). Each is a selection of the dataset's rows (and of the frozen features the
+cache holds for them), so no image is encoded twice. The runner takes a *task*
+(`medkit.tasks`) that scores the logits and names the metric columns; rows carry their
+own fields (`medkit.runs`). Every run keeps its history (`histories/`) and the method's
+trained parameters (`checkpoints/`) in the run folder.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from medkit.backbones import BackboneAdapter
+from medkit.config import TrainConfig
+from medkit.data import Dataset
+from medkit.features import CachedFeatures, FeatureCache, adapter_encoder
+from medkit.methods import Ref, get_spec, options_json, setting_id
+from medkit.methods.base import MethodBase
+from medkit.profiles import Profile, get_profile
+from medkit.protocols import (SEEDS, SHOTS, base_novel_classes, few_shot, group_label_space, relabel_to_groups,
+                              restrict, save_indices, spread, subsample_per_class)
+from medkit.runs import Run, result_columns, sanitise
+from medkit.selection import EvalPart, Part, Selection, step_budget
+from medkit.tasks import SINGLE_LABEL, Task
+from medkit.train import fit, predict, seed_everything
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of a table: a registered method, its options and training overrides.
+    `shots` narrows the K of a few-shot grid this setting runs at (None: every K)."""
+
+    method: str
+    variant: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)
+    shots: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        get_spec(self.method).make_options(**self.options)  # unknown or ill-typed options fail here, not mid-grid
+
+    @cached_property
+    def full_options(self) -> dict[str, Any]:
+        return get_spec(self.method).full_options(self.options)
+
+    @cached_property
+    def options_json(self) -> str:
+        return options_json(self.full_options)
+
+    @cached_property
+    def id(self) -> str:
+        return setting_id(self.method, self.full_options, self.train)
+
+    @property
+    def resources(self) -> list[str]:
+        """The per-run resources the options name (`descriptions`, `knowledge`, …)."""
+        return [v.name for v in self.full_options.values() if isinstance(v, Ref)]
+
+
+@dataclass
+class Outcome:
+    """What one setting × seed × selection produced."""
+
+    setting: Setting
+    seed: int | None
+    shots: int | None
+    rows: list[dict]
+    history: pd.DataFrame | None
+    method: nn.Module
+    outputs: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]  # (split, classes) → (logits, labels)
+
+    @property
+    def row(self) -> dict:
+        """The test row (for base-to-novel: the base classes')."""
+        return next((r for r in self.rows if r["split"] == "test"), self.rows[-1])
+
+    @property
+    def test_logits(self) -> torch.Tensor:
+        return self.outputs[(self.row["split"], self.row["classes"])][0]
+
+    @property
+    def test_labels(self) -> torch.Tensor:
+        return self.outputs[(self.row["split"], self.row["classes"])][1]
+
+
+def _overrides(method: nn.Module, hook: str) -> bool:
+    return getattr(type(method), hook) is not getattr(MethodBase, hook)
+
+
+def inherit_from_groups(stage2: nn.Module, stage1: nn.Module, class_to_group: Sequence[int]) -> None:
+    """Stage 2 starts from stage 1: class-indexed parameters (class-specific context) are
+    copied from each class's group; every other parameter is copied as is."""
+    src = stage1.trainable_state()
+    dst = dict(stage2.named_parameters())
+    indexed = stage2.class_indexed_parameters()
+    index = torch.as_tensor(list(class_to_group))
+    with torch.no_grad():
+        for name, value in src.items():
+            if name in indexed:
+                dst[name].copy_(value[index])
+            elif dst[name].shape == value.shape:
+                dst[name].copy_(value)
+            else:
+                raise ValueError(f"{name}: stage-1 shape {tuple(value.shape)} cannot seed stage 2 {tuple(dst[name].shape)}")
+
+
+class Experiment:
+    """One dataset on one backbone under one profile and task: any number of runs."""
+
+    def __init__(self, run: Run | None, dataset: Dataset, adapter: BackboneAdapter | None, profile: Profile | str,
+                 cache: FeatureCache | None = None, resources: Mapping[str, Any] | None = None,
+                 task: Task = SINGLE_LABEL, data_root: str = "data", views: int = 8,
+                 log: Callable[[str], None] = print) -> None:
+        self.run, self.dataset, self.adapter, self.task = run, dataset, adapter, task
+        self.profile = get_profile(profile)
+        self.cache = cache or FeatureCache.default()
+        self.resources = {"descriptions": dataset.descriptions, "data_root": data_root, **(resources or {})}
+        self.views, self.log = views, log
+        self._memo: dict[tuple, tuple[dict, torch.Tensor, torch.Tensor, float]] = {}
+
+    # ------------------------------------------------------------------ features
+    @cached_property
+    def features(self) -> dict[str, CachedFeatures]:
+        """The frozen tower's features of every split, and `train_views` (augmented)."""
+        enc = adapter_encoder(self.adapter)
+        out = {name: self.cache.get(enc, split) for name, split in self.dataset.splits.items()
+               if name in ("train", "val", "test")}
+        if self.views:
+            out["train_views"] = self.cache.get(enc, self.dataset.splits["train"], self.views)
+        return out
+
+    def _whole(self, name: str) -> Part:
+        return Part(self.dataset.splits[name], self.features[name])
+
+    # ------------------------------------------------------------------ one run
+    def build(self, setting: Setting, classnames: Sequence[str], seed: int | None) -> nn.Module:
+        options = {}
+        for key, value in setting.full_options.items():
+            if isinstance(value, Ref):
+                resources = {**self.resources, "seed": seed}
+                if resources.get(value.name) is None:
+                    raise ValueError(f"{setting.method}: option {key!r} needs the run's {value.name!r}, which it has "
+                                     f"not got (resources: {sorted(k for k, v in resources.items() if v is not None)})")
+                value = resources[value.name]
+            options[key] = value
+        return get_spec(setting.method).cls(self.adapter, list(classnames), **options)
+
+    def config(self, setting: Setting, seed: int, sel: Selection) -> TrainConfig:
+        """The reference's training defaults, the profile's and the method's budget, the
+        setting's overrides; few-shot runs get the step budget."""
+        spec = get_spec(setting.method)
+        budget = spec.budget(self.profile.name, setting.options)
+        cfg = spec.training_defaults(setting.options).with_(
+            **{**self.profile.default_train, **budget.train, "seed": seed, **setting.train})
+        if sel.family != "few_shot":
+            return cfg
+        if cfg.select == "last" and cfg.patience is None:
+            # the references report the last epoch: validating every epoch would only cost
+            # time (a text pass per validation image for image-conditioned methods)
+            cfg = cfg.with_(validate=False)
+        if self.profile.few_shot_steps is None:
+            return cfg
+        return step_budget(cfg, len(sel.train.split), budget.steps or self.profile.few_shot_steps)
+
+    def _cap(self, setting: Setting, sel: Selection, part: Part) -> Part:
+        n = get_spec(setting.method).budget(self.profile.name, setting.options).eval_images.get(sel.family)
+        if n is None:
+            return part
+        if sel.family == "full":
+            return Part(subsample_per_class(part.split, max(1, round(n / sel.cap_classes))), None)
+        rows = spread(len(part.split), n)
+        return part.rows(rows) if len(rows) < len(part.split) else part
+
+    @staticmethod
+    def _inputs(method: nn.Module, part: Part) -> Any:
+        return part.features if (method.uses_cached_features and part.features is not None) else part.split
+
+    def _frozen(self, method: nn.Module, part: Part) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = part.features if part.features is not None else self.cache.get(method.image_encoder(), part.split)
+        return feats.features, feats.labels
+
+    def _tag(self, setting: Setting, sel: Selection, seed: int | None, suffix: str = "") -> str:
+        k = f"_K{sel.shots}" if sel.shots is not None else ""
+        return f"{sanitise(self.dataset.name)}/{setting.id}_{sel.protocol}{suffix}{k}_s{seed}"
+
+    def train(self, method: nn.Module, setting: Setting, seed: int | None, sel: Selection,
+              progress: bool | str = False) -> pd.DataFrame | None:
+        """prepare → fit (if the method trains by gradient) → finish."""
+        if _overrides(method, "prepare"):
+            method.prepare(self._frozen(method, sel.train), self._frozen(method, sel.val))
+        history = None
+        if method.trains_by_gradient:
+            cfg = self.config(setting, seed, sel)
+            train = self._inputs(method, sel.train)
+            if cfg.augment and sel.train_views is not None and method.uses_cached_features:
+                train = sel.train_views
+            val = self._cap(setting, sel, sel.val) if sel.family == "full" else sel.val
+            history = fit(method, train, self._inputs(method, val), cfg, progress=progress, cache=self.cache,
+                          desc=f"{setting.method} {setting.variant} s{seed}")
+        if _overrides(method, "finish"):
+            method.finish(self._frozen(method, sel.val))
+        return history
+
+    def evaluate(self, method: nn.Module, setting: Setting, sel: Selection, part: EvalPart,
+                 ci_resamples: int = 0) -> tuple[dict, torch.Tensor, torch.Tensor, float]:
+        t = time.time()
+        logits, y = predict(method, self._inputs(method, self._cap(setting, sel, part.data)), cache=self.cache)
+        return self.task.metrics(logits, y, part.labels, ci_resamples=ci_resamples), logits, y, time.time() - t
+
+    def transfer(self, setting: Setting, trained: nn.Module, classnames: Sequence[str], seed: int | None) -> nn.Module:
+        """The trained method on other classes: rebuilt for them with its trained parameters
+        loaded — which only works when none of them is indexed by class."""
+        fresh = self.build(setting, classnames, seed)
+        if not get_spec(setting.method).novel_classes or fresh.class_indexed_parameters():
+            raise ValueError(f"{setting.method} · {setting.variant}: its trained parameters are tied to the base "
+                             "classes; base-to-novel needs a class-agnostic method (shared context, meta-net, …)")
+        state = trained.trainable_state()
+        if state:
+            fresh.load_trainable_state(state)
+        return fresh.eval()
+
+    def run_one(self, setting: Setting, seed: int | None, sel: Selection, progress: bool | str = False,
+                ci_resamples: int = 0, init: Callable[[nn.Module], None] | None = None, variant: str | None = None,
+                log: bool = True) -> Outcome:
+        """One setting × seed on one selection; its rows go to results.csv."""
+        if seed is not None:
+            seed_everything(seed)
+        t = time.time()
+        method = self.build(setting, sel.labels.classnames, seed)
+        if init is not None:
+            init(method)
+        # a method that neither prepares nor trains gives the same logits whatever the training
+        # rows: it is evaluated once per evaluation set and its rows repeated (zero-shot in a K × seed grid)
+        data_free = not (method.trains_by_gradient or _overrides(method, "prepare") or _overrides(method, "finish"))
+        history = None if data_free else self.train(method, setting, seed, sel, progress)
+        train_s = 0.0 if data_free else time.time() - t
+        # methods for other label sets (novel classes) are built before any evaluation, so the
+        # global RNG they are built under does not depend on what was evaluated first
+        scored = [method if part.labels is sel.labels else self.transfer(setting, method, part.labels.classnames, seed)
+                  for part in sel.evals]
+        rows, outputs = [], {}
+        for part, scorer in zip(sel.evals, scored):
+            key = (setting.id, part.name, part.classes, sel.protocol, ci_resamples)
+            if data_free and key in self._memo:
+                metrics, logits, y, eval_s = self._memo[key]
+            else:
+                metrics, logits, y, eval_s = self.evaluate(scorer, setting, sel, part, ci_resamples)
+                if data_free:
+                    self._memo[key] = (metrics, logits, y, eval_s)
+            outputs[(part.name, part.classes)] = (logits, y)
+            rows.append(self._row(setting, variant or setting.variant, sel, part, seed, metrics,
+                                  train_s if scorer is method else 0.0, eval_s))  # transferred: trained elsewhere
+        self._keep(method, history, setting, sel, seed, variant)
+        if log:
+            self.log(f"{self.dataset.name} · {sel.protocol}{f' K={sel.shots}' if sel.shots else ''} · {setting.method} · "
+                     f"{variant or setting.variant} · seed {seed}: "
+                     + ", ".join(f"{r['split']}/{r['classes']} {self.task.primary} {r[self.task.primary]:.3f}" for r in rows)
+                     + f" · {train_s:.1f}s")
+        return Outcome(setting, seed, sel.shots, rows, history, method, outputs)
+
+    def _row(self, setting: Setting, variant: str, sel: Selection, part: EvalPart, seed: int | None, metrics: dict,
+             train_s: float, eval_s: float) -> dict:
+        backbone = getattr(self.adapter, "name", None) or setting.full_options.get("weights", "")
+        row = {"dataset": self.dataset.name, "domain": self.dataset.domain or "", "split": part.name,
+               "classes": part.classes, "protocol": sel.protocol, "task": self.task.name, "method": setting.method,
+               "variant": variant, "setting_id": setting.id, "options": setting.options_json, "backbone": backbone,
+               "shots": sel.shots, "seed": seed, **{k: metrics.get(k) for k in self.task.columns},
+               "train_s": round(train_s, 2), "eval_s": round(eval_s, 2)}
+        if part.classes == "groups" and "group_acc" in row:
+            row["group_acc"] = row["acc"]  # the labels are the groups: group accuracy is accuracy
+        if self.run is not None:
+            columns = set(result_columns())
+            self.run.add_result(**{k: v for k, v in row.items() if k in columns})
+        return {**row, **{k: v for k, v in metrics.items() if k not in row}}
+
+    def _keep(self, method: nn.Module, history: pd.DataFrame | None, setting: Setting, sel: Selection,
+              seed: int | None, variant: str | None) -> None:
+        """The run folder keeps every run's history and the method's trained parameters."""
+        if self.run is None:
+            return
+        suffix = "_groups" if sel.evals and sel.evals[0].classes == "groups" else ""
+        tag = self._tag(setting, sel, seed, suffix)
+        if history is not None and len(history):
+            path = self.run.path / "histories" / f"{tag}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            history.assign(method=setting.method, variant=variant or setting.variant, seed=seed).to_csv(path, index=False)
+            steps = history.attrs.get("steps")
+            if steps is not None and len(steps):
+                steps.to_csv(path.with_name(f"{path.stem}_steps.csv"), index=False)
+        state = method.trainable_state() if hasattr(method, "trainable_state") else {}
+        if state and (method.trains_by_gradient or _overrides(method, "prepare")):
+            from medkit.atomic import atomic_torch_save
+
+            atomic_torch_save({"setting": setting.id, "method": setting.method, "options": setting.options_json,
+                               "seed": seed, "state": state}, self.run.checkpoints_dir / f"{tag}.pt")
+
+    # ------------------------------------------------------------------ selections
+    def full_selection(self, eval_splits: Sequence[str] = ("val", "test")) -> Selection:
+        d = self.dataset
+        parts = [EvalPart(s, "all", d.labels, Part(d.splits[s])) for s in eval_splits]
+        val = Part(d.splits["val"]) if "val" in d.splits else Part(d.splits["train"])
+        return Selection("full", "full", d.labels, Part(d.splits["train"]) if "train" in d.splits else val, val, parts,
+                         cap_classes=d.labels.n_classes)
+
+    def few_shot_selection(self, k: int, seed: int) -> Selection:
+        splits, idx = few_shot(self.dataset.splits, k, seed)
+        if self.run is not None:
+            save_indices(self.run.path / "fewshot_indices" / f"{sanitise(self.dataset.name)}_K{k}_s{seed}.json", idx,
+                         {"dataset": self.dataset.name, "shots": k, "seed": seed})
+        f = self.features
+        views = f["train_views"].take(idx["train"]) if "train_views" in f else None
+        test = EvalPart("test", "all", self.dataset.labels, self._whole("test"))
+        return Selection("few_shot", "few_shot", self.dataset.labels, self._whole("train").rows(idx["train"]),
+                         self._whole("val").rows(idx["val"]), [test], k, views)
+
+    def base_to_novel_selection(self, k: int, seed: int) -> Selection:
+        base, novel = base_novel_classes(self.dataset.labels)
+        halves = {"base": base, "novel": novel}
+
+        def half(split: str, name: str) -> Part:
+            labels = self.features[split].labels.numpy()
+            rows = np.flatnonzero(np.isin(labels, halves[name]))  # restrict keeps the split's order
+            relabel = {c: i for i, c in enumerate(halves[name])}
+            return self._whole(split).rows(rows, [relabel[int(y)] for y in labels[rows]],
+                                           restrict(self.dataset.splits[split], halves[name]))
+
+        train, val = half("train", "base"), half("val", "base")
+        _, idx = few_shot({"train": train.split, "val": val.split}, k, seed)
+        views = None
+        if "train_views" in self.features:
+            views = Part(train.split, self.features["train_views"].take(
+                np.flatnonzero(np.isin(self.features["train"].labels.numpy(), base)), train.features.labels)
+            ).rows(idx["train"]).features
+        evals = [EvalPart("test", h, p.split.labels, p) for h, p in (("base", half("test", "base")),
+                                                                     ("novel", half("test", "novel")))]
+        return Selection("base_to_novel", "few_shot", train.split.labels, train.rows(idx["train"]),
+                         val.rows(idx["val"]), evals, k, views)
+
+    def group_selection(self, eval_splits: Sequence[str] = ("val", "test")) -> Selection:
+        d = self.dataset
+        if not d.labels.has_groups:
+            raise ValueError(f"{d.name} has no groups: hierarchical prompts need a class → group map")
+        g = {k: relabel_to_groups(v) for k, v in d.splits.items()}
+        space = group_label_space(d.labels)
+        return Selection("hierarchical", "full", space, Part(g["train"]), Part(g["val"]),
+                         [EvalPart(s, "groups", space, Part(g[s])) for s in eval_splits], cap_classes=d.labels.n_classes)
+
+    # ------------------------------------------------------------------ grids
+    def full(self, settings: Sequence[Setting], seeds: Sequence[int | None], eval_splits: Sequence[str] = ("val", "test"),
+             progress: bool | str = False, ci_resamples: int = 0) -> list[Outcome]:
+        """Every setting × seed trained on the full training split."""
+        sel = self.full_selection(eval_splits)
+        return [self.run_one(s, seed, sel, progress, ci_resamples) for s in settings for seed in seeds]
+
+    def few_shot(self, settings: Sequence[Setting], shots: Sequence[int] = SHOTS, seeds: Sequence[int] = SEEDS,
+                 progress: bool | str = False) -> list[Outcome]:
+        """Every setting × K × seed (a setting's own `shots` narrows K)."""
+        sels = {(k, seed): self.few_shot_selection(k, seed) for k in shots for seed in seeds}
+        return [self.run_one(s, seed, sels[k, seed], progress) for s in settings
+                for k in shots if s.shots is None or k in s.shots for seed in seeds]
+
+    def base_to_novel(self, settings: Sequence[Setting], shots: int = 16, seeds: Sequence[int] = SEEDS,
+                      progress: bool | str = False) -> list[Outcome]:
+        """Train on the base half (K shots), score on base and on novel test images."""
+        out = []
+        for seed in seeds:
+            sel = self.base_to_novel_selection(shots, seed)
+            out += [self.run_one(s, seed, sel, progress) for s in settings]
+        return out
+
+    def hierarchical(self, setting: Setting, seeds: Sequence[int], stage1_train: Mapping[str, Any] | None = None,
+                     progress: bool | str = False) -> list[tuple[Outcome, Outcome]]:
+        """Stage 1 learns group-level prompts (class-specific over groups when the setting is
+        class-specific, else one shared prompt) on group labels; stage 2 starts every class's
+        prompt from its group's and trains on classes. Rows: protocol `hierarchical`,
+        classes `groups` (stage 1) and `all` (stage 2)."""
+        groups, classes = self.group_selection(), self.full_selection()
+        classes.protocol = "hierarchical"
+        c2g = self.dataset.labels.class_to_group_index()
+        stage1_setting = Setting(setting.method, setting.variant, setting.options,
+                                 {**setting.train, **(stage1_train or {})})
+        out = []
+        for seed in seeds:
+            s1 = self.run_one(stage1_setting, seed, groups, progress,
+                              variant=f"hier. stage 1 (groups) · {setting.variant}")
+            s2 = self.run_one(setting, seed, classes, progress, init=lambda m: inherit_from_groups(m, s1.method, c2g),
+                              variant=f"hier. · {setting.variant}")
+            out.append((s1, s2))
+        return out

@@ -1,0 +1,173 @@
+"""The contract every registered method meets, on both tiny tower families.
+
+Parametrised over the registry (as timm tests every model in `list_models()`): a method is
+tested here the moment it registers, with the options of its first few-shot grid entry
+and its `example` options (what fits a 2-layer tower)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import TINY_NAMES, tiny_knowledge
+from medkit.config import TrainConfig
+from medkit.experiment import Experiment, Setting
+from medkit.features import FeatureCache
+from medkit.methods import REGISTRY, get_spec, list_methods
+from medkit.methods.base import Method
+from medkit.train import fit, transforms_of
+
+CASES = [(name, family) for name in REGISTRY for family in ("native", "hf")]
+BASE, NOVEL = TINY_NAMES[:2], TINY_NAMES[2:]
+
+
+def setting_for(name: str) -> Setting:
+    spec = get_spec(name)
+    options = {**(dict(spec.grid[0].options) if spec.grid else {}), **spec.example}
+    return Setting(name, "contract", options)
+
+
+@pytest.fixture()
+def experiment(adapters, tiny_dataset, tmp_path, request):
+    family = request.node.callspec.params["family"]
+    return Experiment(None, tiny_dataset, adapters[family], "smoke", FeatureCache(tmp_path / "cache"),
+                      {"knowledge": tiny_knowledge()}, data_root=str(tmp_path), log=lambda s: None)
+
+
+def batch(method, n_per_class: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A small batch in the method's input space: images through its own evaluation
+    transform, then frozen features where it reads the feature cache."""
+    rng = np.random.default_rng(seed)
+    _, tf = transforms_of(method)
+    labels = torch.arange(method.n_classes).repeat_interleave(n_per_class)
+    images = torch.stack([tf(Image.fromarray(np.clip(rng.normal(70 * int(c), 30, (40, 40, 3)), 0, 255).astype(np.uint8)))
+                          for c in labels])
+    x = method.image_encoder().encode(images) if method.uses_cached_features else images
+    return x, labels
+
+
+def frozen(method, x: torch.Tensor) -> torch.Tensor:
+    return x if method.uses_cached_features else method.image_encoder().encode(x)
+
+
+def lifecycle(method, x, y) -> None:
+    feats = (frozen(method, x), y)
+    method.prepare(feats, feats)
+    method.finish(feats)
+
+
+def test_every_method_is_registered_with_its_options_and_budgets():
+    assert {"zeroshot", "linear_probe", "coop", "cocoop", "maple", "vit_finetune", "biomedcoop", "cilmp"} <= set(REGISTRY)
+    for name, spec in REGISTRY.items():
+        assert spec.cls.registry_name == name
+        assert isinstance(spec.training_defaults(), TrainConfig)
+        fields = spec.options.__dataclass_fields__
+        assert "adapter" not in fields and "classnames" not in fields
+    assert list_methods("deep_prompt") == ["maple", "vpt_deep", "ivlp"]
+
+
+@pytest.mark.parametrize("name,family", CASES)
+def test_forward_backward_gradients_only_into_the_method(name, family, experiment, one_thread):
+    setting = setting_for(name)
+    torch.manual_seed(0)
+    method = experiment.build(setting, TINY_NAMES, seed=1)
+    assert isinstance(method, Method), f"{name} does not meet the Method protocol"
+    x, y = batch(method)
+    lifecycle(method, x, y)
+    method.train()
+    logits = method(x)
+    assert logits.shape == (len(y), len(TINY_NAMES)) and torch.isfinite(logits).all()
+    own = {n for n, p in method.named_parameters() if p.requires_grad}
+    assert not any(n.startswith("adapter.") for n in own), f"{name} trains its backbone"
+    if not method.trains_by_gradient:
+        return
+    terms = method.loss_terms(logits.float(), y)
+    assert terms and all(t.dim() == 0 and torch.isfinite(t) for t in terms.values())
+    method.zero_grad(set_to_none=True)
+    method.backward_step(terms)
+    with_grad = {n for n, p in method.named_parameters() if p.grad is not None}
+    assert with_grad <= own, f"gradients outside the method's parameters: {sorted(with_grad - own)[:3]}"
+    assert any(float(p.grad.abs().sum()) > 0 for n, p in method.named_parameters() if n in with_grad)
+
+
+@pytest.mark.parametrize("name,family", CASES)
+def test_trainable_state_round_trip(name, family, experiment, one_thread):
+    setting = setting_for(name)
+    torch.manual_seed(0)
+    trained = experiment.build(setting, TINY_NAMES, seed=1)
+    x, y = batch(trained)
+    lifecycle(trained, x, y)
+    with torch.no_grad():
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    torch.manual_seed(5)  # another initialisation
+    fresh = experiment.build(setting, TINY_NAMES, seed=2)
+    fresh.load_trainable_state(trained.trainable_state())
+    trained.eval(), fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), trained(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,family", CASES)
+def test_fits_one_small_batch(name, family, experiment, one_thread):
+    """The training loop (or the method's own fit) lowers the loss on the batch it sees."""
+    setting = setting_for(name)
+    torch.manual_seed(0)
+    method = experiment.build(setting, TINY_NAMES, seed=1)
+    x, y = batch(method)
+    if name == "zeroshot":
+        assert not list(method.trainable_parameters())  # nothing to fit
+        return
+    if not method.trains_by_gradient:
+        text = getattr(method, "text_weights", None)
+        before = float((method.cosine_logits(frozen(method, x), text).argmax(1) == y).float().mean()) \
+            if text is not None else 1.0 / len(TINY_NAMES)
+        lifecycle(method, x, y)
+        method.eval()
+        with torch.no_grad():
+            after = float((method(x).argmax(1) == y).float().mean())
+        assert after >= before and after > 1.0 / len(TINY_NAMES)
+        return
+    lifecycle(method, x, y)
+    method.eval()
+    with torch.no_grad():
+        before = float(F.cross_entropy(method(x), y))
+    cfg = TrainConfig(epochs=15, batch_size=len(y), optimizer="adamw", lr=1e-2, weight_decay=0.0, warmup_epochs=0,
+                      augment=False, validate=False, seed=1)
+    history = fit(method, (x, y), None, cfg, progress=False) if method.uses_cached_features else None
+    if history is None:  # image inputs: the same loop over an in-memory batch
+        opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-2)
+        for _ in range(15):
+            method.train()
+            opt.zero_grad(set_to_none=True)
+            method.backward_step(method.loss_terms(method(x).float(), y))
+            opt.step()
+    method.eval()
+    with torch.no_grad():
+        after = float(F.cross_entropy(method(x), y))
+    assert after < before, f"{name}: loss {before:.4f} → {after:.4f}"
+    if history is not None:
+        assert {"train_loss", "train_ce"} <= set(history.columns)
+
+
+@pytest.mark.parametrize("name,family", CASES)
+def test_base_to_novel_transfer_where_the_method_allows_it(name, family, experiment, one_thread):
+    setting = setting_for(name)
+    torch.manual_seed(0)
+    method = experiment.build(setting, BASE, seed=1)
+    x, y = batch(method, 2)
+    lifecycle(method, x, y)
+    spec = get_spec(name)
+    if not spec.novel_classes or method.class_indexed_parameters():
+        with pytest.raises(ValueError, match="tied to the base classes"):
+            experiment.transfer(setting, method, NOVEL, seed=1)
+        return
+    novel = experiment.transfer(setting, method, NOVEL, seed=1)
+    assert novel.classnames == NOVEL
+    for key, value in method.trainable_state().items():
+        assert torch.equal(novel.trainable_state()[key], value)
+    with torch.no_grad():
+        assert novel(x).shape == (len(x), len(NOVEL))
