@@ -69,6 +69,7 @@ from .coop import CoOp  # noqa: E402
 from .kgcoop import KgCoOp  # noqa: E402
 from .cocoop import CoCoOp  # noqa: E402
 from .biomedcoop import BiomedCoOp  # noqa: E402
+from .prograd import ProGrad  # noqa: E402
 from .cilmp import CILMP  # noqa: E402
 from .maple import MaPLe  # noqa: E402
 from .vpt_deep import VPTDeep  # noqa: E402
