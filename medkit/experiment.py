@@ -99,8 +99,10 @@ class Outcome:
         return self.outputs[(self.row["split"], self.row["classes"])][1]
 
 
-def _overrides(method: nn.Module, hook: str) -> bool:
-    return getattr(type(method), hook) is not getattr(MethodBase, hook)
+def _overrides(method: nn.Module | type, hook: str) -> bool:
+    """Whether a method (class or instance) has its own lifecycle hook, not MethodBase's no-op."""
+    owner = method if isinstance(method, type) else type(method)
+    return getattr(owner, hook) is not getattr(MethodBase, hook)
 
 
 def inherit_from_groups(stage2: nn.Module, stage1: nn.Module, class_to_group: Sequence[int]) -> None:
@@ -132,7 +134,7 @@ class Experiment:
         self.cache = cache or FeatureCache.default()
         self.resources = {"descriptions": dataset.descriptions, "data_root": data_root, **(resources or {})}
         self.views, self.log = views, log
-        self._memo: dict[tuple, tuple[dict, torch.Tensor, torch.Tensor, float]] = {}
+        self._memo: dict[tuple, tuple] = {}  # data-free runs: (metrics, logits, labels, eval_s, (method, scorer))
 
     # ------------------------------------------------------------------ features
     @cached_property
@@ -239,30 +241,36 @@ class Experiment:
                 ci_resamples: int = 0, init: Callable[[nn.Module], None] | None = None, variant: str | None = None,
                 log: bool = True) -> Outcome:
         """One setting × seed on one selection; its rows go to results.csv."""
-        if seed is not None:
-            seed_everything(seed)
-        t = time.time()
-        method = self.build(setting, sel.labels.classnames, seed)
-        if init is not None:
-            init(method)
+        keys = [(setting.id, part.name, part.classes, sel.protocol, ci_resamples) for part in sel.evals]
         # a method that neither prepares nor trains gives the same logits whatever the training
-        # rows: it is evaluated once per evaluation set and its rows repeated (zero-shot in a K × seed grid)
-        data_free = not (method.trains_by_gradient or _overrides(method, "prepare") or _overrides(method, "finish"))
-        history = None if data_free else self.train(method, setting, seed, sel, progress)
-        train_s = 0.0 if data_free else time.time() - t
-        # methods for other label sets (novel classes) are built before any evaluation, so the
-        # global RNG they are built under does not depend on what was evaluated first
-        scored = [method if part.labels is sel.labels else self.transfer(setting, method, part.labels.classnames, seed)
-                  for part in sel.evals]
+        # rows: it is built and evaluated once per evaluation set and its rows repeated (zero-shot
+        # in a K × seed grid)
+        cls = get_spec(setting.method).cls
+        data_free = init is None and not (cls.trains_by_gradient or _overrides(cls, "prepare") or _overrides(cls, "finish"))
+        if data_free and all(k in self._memo for k in keys):
+            method, history, train_s = self._memo[keys[0]][-1][0], None, 0.0
+            scored = [self._memo[k][-1][1] for k in keys]
+        else:
+            if seed is not None:
+                seed_everything(seed)
+            t = time.time()
+            method = self.build(setting, sel.labels.classnames, seed)
+            if init is not None:
+                init(method)
+            history = None if data_free else self.train(method, setting, seed, sel, progress)
+            train_s = 0.0 if data_free else time.time() - t
+            # methods for other label sets (novel classes) are built before any evaluation, so the
+            # global RNG they are built under does not depend on what was evaluated first
+            scored = [method if part.labels is sel.labels else self.transfer(setting, method, part.labels.classnames, seed)
+                      for part in sel.evals]
         rows, outputs = [], {}
-        for part, scorer in zip(sel.evals, scored):
-            key = (setting.id, part.name, part.classes, sel.protocol, ci_resamples)
+        for part, scorer, key in zip(sel.evals, scored, keys):
             if data_free and key in self._memo:
-                metrics, logits, y, eval_s = self._memo[key]
+                metrics, logits, y, eval_s, _ = self._memo[key]
             else:
                 metrics, logits, y, eval_s = self.evaluate(scorer, setting, sel, part, ci_resamples)
                 if data_free:
-                    self._memo[key] = (metrics, logits, y, eval_s)
+                    self._memo[key] = (metrics, logits, y, eval_s, (method, scorer))
             outputs[(part.name, part.classes)] = (logits, y)
             rows.append(self._row(setting, variant or setting.variant, sel, part, seed, metrics,
                                   train_s if scorer is method else 0.0, eval_s))  # transferred: trained elsewhere

@@ -137,7 +137,8 @@ def kdsp_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tor
 
 
 @register("biomedcoop", kind="prompt", training=TrainConfig(epochs=100, batch_size=4, lr=0.0025),  # 50 for base-to-novel
-          budgets={"tiny": Budget(train=dict(batch_size=32, lr=0.02, optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))},
+          budgets={"tiny": Budget(train=dict(batch_size=32, lr=0.02,
+                                             optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))},
           grid=(GridEntry("BiomedCoOp", {"ensembles": Ref("descriptions")}),))
 class BiomedCoOp(CoOp):
     uses_cached_features = True

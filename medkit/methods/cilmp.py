@@ -58,7 +58,8 @@ def default_length(n_layers: int) -> int:
 # only, a few steps, and a capped evaluation
 @register("cilmp", kind="prompt", training=TrainConfig(epochs=100, batch_size=64, lr=0.0025),
           budgets={"smoke": Budget(train=dict(batch_size=4), eval_images={"few_shot": 8}, shots=(1, 4, 16)),
-                   "tiny": Budget(train=dict(batch_size=4, lr=0.01, optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False), steps=4,
+                   "tiny": Budget(train=dict(batch_size=4, lr=0.01,
+                                             optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False), steps=4,
                                   eval_images={"few_shot": 30}, shots=(1, 4, 16))},
           grid=(GridEntry("CILMP", {"knowledge": Ref("knowledge")}),), example={"text_depth": 1})
 class CILMP(FrozenBackboneMethod):

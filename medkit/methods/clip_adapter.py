@@ -51,7 +51,8 @@ class Adapter(nn.Sequential):
 
 # the few-shot benchmark's adapter baselines (BiomedCoOp's repository); tiny: AdamW, a step budget
 @register("clip_adapter", kind="adapter", training=TrainConfig(epochs=20, batch_size=32, lr=0.01),
-          budgets={"tiny": Budget(train=dict(batch_size=32, lr=0.01, optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))},
+          budgets={"tiny": Budget(train=dict(batch_size=32, lr=0.01,
+                                             optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))},
           grid=(GridEntry("CLIP-Adapter"),))
 class CLIPAdapter(FrozenBackboneMethod):
     uses_cached_features = True

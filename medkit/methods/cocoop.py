@@ -29,7 +29,8 @@ class MetaNet(nn.Sequential):
 # per-epoch validation, and a capped evaluation (~2 images per class at 45 classes)
 @register("cocoop", kind="prompt", training=TrainConfig(epochs=10, batch_size=1, lr=0.002),
           budgets={"smoke": Budget(train=dict(batch_size=4), eval_images={"full": 8, "few_shot": 8}),
-                   "tiny": Budget(train=dict(epochs=2, batch_size=4, max_steps_per_epoch=6, lr=0.01, optimizer="adamw", weight_decay=0.0, warmup_epochs=0,
+                   "tiny": Budget(train=dict(epochs=2, batch_size=4, max_steps_per_epoch=6, lr=0.01,
+                                             optimizer="adamw", weight_decay=0.0, warmup_epochs=0,
                                              validate=False), steps=4, eval_images={"full": 90, "few_shot": 30})},
           grid=(GridEntry("CoCoOp", {"n_ctx": None, "ctx_init": "a photo of a"}),))
 class CoCoOp(FrozenBackboneMethod):

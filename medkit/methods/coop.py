@@ -22,7 +22,8 @@ from medkit.methods.context import PromptContext
 # tiny: cached features, so a step is one text pass over the K class prompts (~0.25 s at 45
 # classes): few epochs, AdamW at a larger lr than the reference's SGD (50–200 epochs), big batches
 @register("coop", kind="prompt", training=TrainConfig(epochs=50, batch_size=32, lr=0.002),
-          budgets={"tiny": Budget(train=dict(epochs=3, batch_size=128, lr=0.02, optimizer="adamw", weight_decay=0.0, warmup_epochs=0))},
+          budgets={"tiny": Budget(train=dict(epochs=3, batch_size=128, lr=0.02,
+                                             optimizer="adamw", weight_decay=0.0, warmup_epochs=0))},
           grid=(GridEntry("CoOp", {"n_ctx": None, "ctx_init": "a photo of a"}),))
 class CoOp(FrozenBackboneMethod):
     uses_cached_features = True

@@ -14,7 +14,9 @@ from medkit.methods.deep import prompt_stack, resolve_depth
 
 
 @register("ivlp", kind="deep_prompt", training=TrainConfig(epochs=5, batch_size=4, lr=0.0025),
-          budgets={"tiny": Budget(train=dict(epochs=2, batch_size=32, max_steps_per_epoch=6, lr=0.01, optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))}, example={"depth": 1})
+          budgets={"tiny": Budget(train=dict(epochs=2, batch_size=32, max_steps_per_epoch=6, lr=0.01, optimizer="adamw",
+                                             weight_decay=0.0, warmup_epochs=0, validate=False))},
+          example={"depth": 1})
 class IVLP(FrozenBackboneMethod):
     uses_cached_features = False
 

@@ -27,7 +27,8 @@ from medkit.prompts import CLIP_DEFAULT_TEMPLATE
 
 # CoOp's settings (KgCoOp's README: batch 128)
 @register("kgcoop", kind="prompt", training=TrainConfig(epochs=50, batch_size=32, lr=0.002),
-          budgets={"tiny": Budget(train=dict(batch_size=32, lr=0.02, optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))},
+          budgets={"tiny": Budget(train=dict(batch_size=32, lr=0.02,
+                                             optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))},
           grid=(GridEntry("KgCoOp"),))
 class KgCoOp(CoOp):
     uses_cached_features = True

@@ -28,7 +28,9 @@ from medkit.methods.deep import prompt_stack, resolve_depth
 
 # tiny: the image tower runs every step: 2 epochs of 6 batches, validated once at the end
 @register("maple", kind="deep_prompt", training=TrainConfig(epochs=5, batch_size=4, lr=0.0035),
-          budgets={"tiny": Budget(train=dict(epochs=2, batch_size=32, max_steps_per_epoch=6, lr=0.01, optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))}, example={"depth": 1})
+          budgets={"tiny": Budget(train=dict(epochs=2, batch_size=32, max_steps_per_epoch=6, lr=0.01, optimizer="adamw",
+                                             weight_decay=0.0, warmup_epochs=0, validate=False))},
+          example={"depth": 1})
 class MaPLe(FrozenBackboneMethod):
     uses_cached_features = False
 

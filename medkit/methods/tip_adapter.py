@@ -137,7 +137,8 @@ class TipAdapter(FrozenBackboneMethod):
 
 @register("tip_adapter_f", kind="adapter",
           training=TrainConfig(epochs=20, batch_size=256, optimizer="adamw", lr=1e-3, weight_decay=0.01, warmup_epochs=0),
-          budgets={"tiny": Budget(train=dict(batch_size=32, lr=0.01, optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))},
+          budgets={"tiny": Budget(train=dict(batch_size=32, lr=0.01,
+                                             optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))},
           grid=(GridEntry("Tip-Adapter-F"),), novel_classes=False)
 class TipAdapterF(TipAdapter):
     """Tip-Adapter with the cache keys trained by the generic loop (only they train)."""
