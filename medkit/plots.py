@@ -278,23 +278,27 @@ def plot_histories(histories: Mapping[str, pd.DataFrame], title: str = "") -> Fi
     return fig
 
 
-def plot_loss_terms(steps: Mapping[str, pd.DataFrame], title: str = "") -> Figure:
-    """Every named loss term per optimizer step (`fit`'s `history.attrs["steps"]`), one
-    colour per run: the total solid, its terms dashed, dotted, ..."""
-    fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
-    palette = sns.color_palette("tab10", max(len(steps), 1))
-    styles = ["--", ":", "-.", (0, (1, 3)), (0, (5, 1))]
-    for colour, (label, d) in zip(palette, steps.items()):
-        ax.plot(d["step"], d["loss"], "-", color=colour, label=f"{label}: total")
-        terms = [c for c in d.columns if c not in ("step", "epoch", "loss")]
-        for style, term in zip(styles * 4, terms):
-            ax.plot(d["step"], d[term], linestyle=style, color=colour, label=f"{label}: {term}")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (each term as weighted in the total)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7.5)
+def plot_loss_terms(steps: Mapping[str, pd.DataFrame], title: str = "", ncols: int = 3) -> Figure:
+    """Every named loss term per optimizer step (`fit`'s `history.attrs["steps"]`), one panel
+    per run: the total in black, each term (as weighted in the total) in its colour."""
+    n = max(len(steps), 1)
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False, layout="constrained")
+    terms = list(dict.fromkeys(c for d in steps.values() for c in d.columns if c not in ("step", "epoch", "loss")))
+    colours = dict(zip(terms, sns.color_palette("tab10", max(len(terms), 1))))
+    for ax, (label, d) in zip(axes.flat, steps.items()):
+        ax.plot(d["step"], d["loss"], "-", color="black", lw=1.8, label="total")
+        for term in [c for c in terms if c in d]:
+            ax.plot(d["step"], d[term], "--", color=colours[term], lw=1.3, label=term)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(steps):]:
+        ax.set_visible(False)
     if title:
-        ax.set_title(title)
+        fig.suptitle(title)
     return fig
 
 
