@@ -65,6 +65,8 @@ def test_every_method_is_registered_with_its_options_and_budgets():
         assert isinstance(spec.training_defaults(), TrainConfig)
         fields = spec.options.__dataclass_fields__
         assert "adapter" not in fields and "classnames" not in fields
+    coop = get_spec("coop").options.__dataclass_fields__
+    assert coop["class_specific"].type is bool and coop["n_ctx"].default == 16  # typed as the constructor is
     assert list_methods("deep_prompt") == ["maple", "vpt_deep", "ivlp"]
 
 

@@ -149,15 +149,17 @@ def _type_name(hint: Any) -> str:
 def options_dataclass(name: str, cls: type) -> type:
     """A dataclass of the constructor's keyword arguments after (adapter, classnames)."""
     params = list(inspect.signature(cls.__init__).parameters.values())[3:]
+    hints = _hints(cls)
     fields = []
     for p in params:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             raise TypeError(f"{name}: options must be named arguments, not *{p.name}")
         default = p.default if p.default is not p.empty else dataclasses.MISSING
+        hint = hints.get(p.name, Any)  # the constructor's annotation: the options are typed as it is
         if isinstance(default, (list, dict, set)):
-            fields.append((p.name, Any, field(default_factory=lambda d=default: type(d)(d))))
+            fields.append((p.name, hint, field(default_factory=lambda d=default: type(d)(d))))
         else:
-            fields.append((p.name, Any, field(default=default)))
+            fields.append((p.name, hint, field(default=default)))
     fields.sort(key=lambda f: f[2].default is not dataclasses.MISSING or f[2].default_factory is not dataclasses.MISSING)
     return dataclasses.make_dataclass(f"{cls.__name__}Options", fields, frozen=True)
 
