@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from medkit.atomic import atomic_torch_save
 from medkit.backbones import BackboneAdapter
 from medkit.config import TrainConfig
 from medkit.data import Dataset
@@ -66,11 +67,6 @@ class Setting:
     @cached_property
     def id(self) -> str:
         return setting_id(self.method, self.full_options, self.train)
-
-    @property
-    def resources(self) -> list[str]:
-        """The per-run resources the options name (`descriptions`, `knowledge`, …)."""
-        return [v.name for v in self.full_options.values() if isinstance(v, Ref)]
 
 
 @dataclass
@@ -311,19 +307,17 @@ class Experiment:
             steps = history.attrs.get("steps")
             if steps is not None and len(steps):
                 steps.to_csv(path.with_name(f"{path.stem}_steps.csv"), index=False)
-        state = method.trainable_state() if hasattr(method, "trainable_state") else {}
+        state = method.trainable_state()
         if state and (method.trains_by_gradient or _overrides(method, "prepare")):
-            from medkit.atomic import atomic_torch_save
-
             atomic_torch_save({"setting": setting.id, "method": setting.method, "options": setting.options_json,
                                "seed": seed, "state": state}, self.run.checkpoints_dir / f"{tag}.pt")
 
     # ------------------------------------------------------------------ selections
-    def full_selection(self, eval_splits: Sequence[str] = ("val", "test")) -> Selection:
+    def full_selection(self, eval_splits: Sequence[str] = ("val", "test"), protocol: str = "full") -> Selection:
         d = self.dataset
         parts = [EvalPart(s, "all", d.labels, Part(d.splits[s])) for s in eval_splits]
         val = Part(d.splits["val"]) if "val" in d.splits else Part(d.splits["train"])
-        return Selection("full", "full", d.labels, Part(d.splits["train"]) if "train" in d.splits else val, val, parts,
+        return Selection(protocol, "full", d.labels, Part(d.splits["train"]) if "train" in d.splits else val, val, parts,
                          cap_classes=d.labels.n_classes)
 
     def few_shot_selection(self, k: int, seed: int) -> Selection:
@@ -398,8 +392,7 @@ class Experiment:
         class-specific, else one shared prompt) on group labels; stage 2 starts every class's
         prompt from its group's and trains on classes. Rows: protocol `hierarchical`,
         classes `groups` (stage 1) and `all` (stage 2)."""
-        groups, classes = self.group_selection(), self.full_selection()
-        classes.protocol = "hierarchical"
+        groups, classes = self.group_selection(), self.full_selection(protocol="hierarchical")
         c2g = self.dataset.labels.class_to_group_index()
         stage1_setting = Setting(setting.method, setting.variant, setting.options,
                                  {**setting.train, **(stage1_train or {})})

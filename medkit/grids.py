@@ -6,7 +6,7 @@ A setting's options are data: a sweep or an ablation is found again by its optio
 """
 from __future__ import annotations
 
-from dataclasses import replace
+import json
 from typing import Sequence
 
 from medkit.data import Dataset
@@ -77,31 +77,34 @@ def study_zero_shot(dataset: Dataset) -> Setting:
 
 # --------------------------------------------------------------------------- few-shot (07, 08)
 
-def few_shot_grid(profile: Profile) -> list[Setting]:
+def few_shot_grid(profile: Profile | None = None) -> list[Setting]:
     """Every registered method's few-shot grid entries (registration order), each narrowed to
-    the K its budget in `profile` allows. A method registered with a grid entry is in the
-    grid: nothing here names one."""
-    return [Setting(name, e.variant, dict(e.options), shots=spec.budget(profile.name).shots)
+    the K its budget in `profile` allows (no profile: every K). A method registered with a
+    grid entry is in the grid: nothing here names one."""
+    return [Setting(name, e.variant, dict(e.options), shots=spec.budget(profile.name).shots if profile else None)
             for name, spec in REGISTRY.items() for e in spec.grid]
 
 
 def base_to_novel_grid() -> list[Setting]:
     """The grid's methods whose trained parameters carry to classes never seen."""
-    return [replace(s, shots=None) for s in few_shot_grid_all() if REGISTRY[s.method].novel_classes]
+    return [s for s in few_shot_grid() if REGISTRY[s.method].novel_classes]
 
 
 def prompt_grid() -> list[Setting]:
     """Zero-shot and the prompt learners of the grid (CILMP's comparison table)."""
-    return [replace(s, shots=None) for s in few_shot_grid_all() if REGISTRY[s.method].kind in ("zeroshot", "prompt")]
+    return [s for s in few_shot_grid() if REGISTRY[s.method].kind in ("zeroshot", "prompt")]
 
 
-def few_shot_grid_all() -> list[Setting]:
-    return [Setting(name, e.variant, dict(e.options)) for name, spec in REGISTRY.items() for e in spec.grid]
+def knowledge_guided(options: str | float | None) -> bool:
+    """Whether options (a setting's or a row's JSON) name a knowledge resource — descriptions,
+    LLM representations — beyond the class name."""
+    if not isinstance(options, str) or not options:
+        return False
+    return any(isinstance(v, dict) and v.get("$ref") in KNOWLEDGE_RESOURCES for v in json.loads(options).values())
 
 
 def uses_knowledge(setting: Setting) -> bool:
-    """Prompts that carry class knowledge beyond the name (descriptions, LLM representations)."""
-    return any(r in KNOWLEDGE_RESOURCES for r in setting.resources)
+    return knowledge_guided(setting.options_json)
 
 
 def biomedcoop_ablations(taus: Sequence[float] = (1.0, 2.5)) -> list[Setting]:

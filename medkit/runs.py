@@ -207,18 +207,16 @@ def legacy_fields(df: pd.DataFrame) -> pd.DataFrame:
         return df
     df = df.copy()
     split = df.loc[old, "split"].astype("string")
+    variant = df.loc[old, "variant"].astype("string").fillna("")
     parts = split.str.extract(r"^(?:(?P<domain>[a-z]+)_)?(?P<split>train|val|test)$")
-    halves = split.isin(["base", "novel"])
+    halves = split.isin(["base", "novel"]).to_numpy(bool)
+    hier = variant.str.startswith("hier.").to_numpy(bool)
+    stage1 = variant.str.startswith("hier. stage 1").to_numpy(bool)
+    few = pd.to_numeric(df.loc[old, "shots"], errors="coerce").notna().to_numpy(bool)
     df.loc[old, "domain"] = parts["domain"]
     df.loc[old, "split"] = parts["split"].where(~halves, "test").fillna(split)
-    df.loc[old, "classes"] = split.where(halves, "all")
-    variant = df.loc[old, "variant"].astype("string").fillna("")
-    hier = variant.str.startswith("hier.")
-    df.loc[old & hier.reindex(df.index, fill_value=False), "classes"] = [
-        "groups" if v.startswith("hier. stage 1") else "all" for v in variant[hier]]
-    shots = pd.to_numeric(df.loc[old, "shots"], errors="coerce")
-    df.loc[old, "protocol"] = np.where(halves, "base_to_novel", np.where(hier, "hierarchical",
-                                       np.where(shots.notna(), "few_shot", "full")))
+    df.loc[old, "classes"] = np.select([halves, stage1], [split.to_numpy(object), "groups"], "all")
+    df.loc[old, "protocol"] = np.select([halves, hier, few], ["base_to_novel", "hierarchical", "few_shot"], "full")
     df.loc[old, "task"] = "single_label"
     return df
 

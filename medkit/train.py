@@ -198,15 +198,16 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
-            total += float(loss.detach()) * len(y)
+            step_loss = float(loss.detach())
+            total += step_loss * len(y)
             step_terms = {name: float(term.detach()) for name, term in terms.items()}
             for name, value in step_terms.items():
                 term_sums[name] = term_sums.get(name, 0.0) + value * len(y)
-            steps_log.append({"epoch": epoch + 1, "step": len(steps_log) + 1, "loss": float(loss.detach()), **step_terms})
+            steps_log.append({"epoch": epoch + 1, "step": len(steps_log) + 1, "loss": step_loss, **step_terms})
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             bar.update()
-            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}", refresh=False)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.3f}", refresh=False)
         lr = opt.param_groups[0]["lr"]
         sched.step()
         val_loss, val_acc = _evaluate(method, val if cfg.validate else None, cfg)

@@ -36,6 +36,13 @@ def experiment(adapters, tiny_dataset, tmp_path, request):
                       {"knowledge": tiny_knowledge()}, data_root=str(tmp_path), log=lambda s: None)
 
 
+def built(name: str, experiment, classnames=TINY_NAMES):
+    """(setting, the method built from it) under a fixed seed."""
+    setting = setting_for(name)
+    torch.manual_seed(0)
+    return setting, experiment.build(setting, list(classnames), seed=1)
+
+
 def batch(method, n_per_class: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A small batch in the method's input space: images through its own evaluation
     transform, then frozen features where it reads the feature cache."""
@@ -72,9 +79,7 @@ def test_every_method_is_registered_with_its_options_and_budgets():
 
 @pytest.mark.parametrize("name,family", CASES)
 def test_forward_backward_gradients_only_into_the_method(name, family, experiment, one_thread):
-    setting = setting_for(name)
-    torch.manual_seed(0)
-    method = experiment.build(setting, TINY_NAMES, seed=1)
+    _, method = built(name, experiment)
     assert isinstance(method, Method), f"{name} does not meet the Method protocol"
     x, y = batch(method)
     lifecycle(method, x, y)
@@ -96,9 +101,7 @@ def test_forward_backward_gradients_only_into_the_method(name, family, experimen
 
 @pytest.mark.parametrize("name,family", CASES)
 def test_trainable_state_round_trip(name, family, experiment, one_thread):
-    setting = setting_for(name)
-    torch.manual_seed(0)
-    trained = experiment.build(setting, TINY_NAMES, seed=1)
+    setting, trained = built(name, experiment)
     x, y = batch(trained)
     lifecycle(trained, x, y)
     with torch.no_grad():
@@ -116,11 +119,9 @@ def test_trainable_state_round_trip(name, family, experiment, one_thread):
 @pytest.mark.parametrize("name,family", CASES)
 def test_fits_one_small_batch(name, family, experiment, one_thread):
     """The training loop (or the method's own fit) lowers the loss on the batch it sees."""
-    setting = setting_for(name)
-    torch.manual_seed(0)
-    method = experiment.build(setting, TINY_NAMES, seed=1)
+    _, method = built(name, experiment)
     x, y = batch(method)
-    if name == "zeroshot":
+    if get_spec(name).kind == "zeroshot":
         assert not list(method.trainable_parameters())  # nothing to fit
         return
     if not method.trains_by_gradient:
@@ -157,9 +158,7 @@ def test_fits_one_small_batch(name, family, experiment, one_thread):
 
 @pytest.mark.parametrize("name,family", CASES)
 def test_base_to_novel_transfer_where_the_method_allows_it(name, family, experiment, one_thread):
-    setting = setting_for(name)
-    torch.manual_seed(0)
-    method = experiment.build(setting, BASE, seed=1)
+    setting, method = built(name, experiment, BASE)
     x, y = batch(method, 2)
     lifecycle(method, x, y)
     spec = get_spec(name)

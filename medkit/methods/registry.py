@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from medkit.config import TrainConfig
+from medkit.runs import json_safe
 
 #: what a method is for, so that tables and findings group methods without naming them
 KINDS = ("zeroshot", "probe", "adapter", "prompt", "deep_prompt", "finetune")
@@ -172,9 +173,8 @@ def check_constructor(name: str, cls: type) -> None:
 
 
 def options_json(options: Mapping[str, Any]) -> str:
-    """Options as stable JSON: Refs as {"$ref": name}, tuples as lists, keys sorted."""
-    from medkit.runs import json_safe
-
+    """Options as stable JSON: Refs as {"$ref": name}, tuples as lists, keys sorted; a live
+    object given in place of a Ref (a knowledge bundle) by its type name, never its repr."""
     def plain(v: Any) -> Any:
         if isinstance(v, Ref):
             return {"$ref": v.name}
@@ -182,7 +182,9 @@ def options_json(options: Mapping[str, Any]) -> str:
             return {str(k): plain(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
-        return v
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        return f"<{type(v).__name__}>"
 
     return json.dumps(json_safe(plain(dict(options))), sort_keys=True, ensure_ascii=False)
 

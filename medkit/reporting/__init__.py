@@ -4,7 +4,8 @@
 - `findings`: the notebooks' conclusions checked against the rows, with numbers;
 - `figures`: what the notebooks plot, built from runner outcomes and datasets.
 """
-from medkit.reporting.findings import (cilmp_sweep, findings_07, findings_08, knowledge_guided, knowledge_vs_names,
+from medkit.grids import knowledge_guided
+from medkit.reporting.findings import (cilmp_sweep, findings_07, findings_08, knowledge_vs_names,
                                        study_findings, tau_sweep)
 from medkit.reporting.tables import (base_novel_table, complete_rows, frame, latest, mean_std, metric_table, option_sweep,
                                      options_of, seed_table, select, shot_table, val_test_gap)

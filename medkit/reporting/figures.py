@@ -19,6 +19,7 @@ from medkit.metrics import confusion
 from medkit.methods import ZeroShotClassifier
 from medkit.plots import plot_confusion, plot_histories, plot_learned_vs_zeroshot, plot_sample_grid
 from medkit.prompts import study_template_for
+from medkit.protocols import spread, take
 
 
 def _groups(dataset: Dataset) -> list[str] | None:
@@ -26,12 +27,9 @@ def _groups(dataset: Dataset) -> list[str] | None:
     return [labels.group_of[c] for c in labels.classnames] if labels.has_groups else None
 
 
-def spread_subset(samples: list, limit: int) -> list:
-    """An evenly spaced subset (keeps every class represented in class-ordered splits)."""
-    if len(samples) <= limit:
-        return samples
-    idx = np.linspace(0, len(samples) - 1, limit).round().astype(int)
-    return [samples[i] for i in idx]
+def spread_subset(split: Split, limit: int | None) -> Split:
+    """An evenly spaced subset of the split (every class kept in class-ordered splits)."""
+    return take(split, spread(len(split), limit))
 
 
 # --------------------------------------------------------------------------- datasets
@@ -99,7 +97,7 @@ def learned_features(method: nn.Module, split: Split, limit: int | None = None) 
     """(image features, class text features, labels) as the trained method sees them:
     prompted image features for deep-prompt methods, frozen ones otherwise; CoCoOp's text
     features conditioned on the mean image feature."""
-    split = split if limit is None else Split(split.name, spread_subset(split.samples, limit), split.labels, split.meta)
+    split = spread_subset(split, limit)
     method.eval()
     prompts = method.vision_prompts() if hasattr(method, "vision_prompts") else list(getattr(method, "vision", [])) or None
     imgs, ys = [], []
@@ -118,7 +116,7 @@ def tsne_figure(outcome: Outcome, dataset: Dataset, adapter: BackboneAdapter, po
     split = dataset.splits["test"]
     img_l, txt_l, y = learned_features(outcome.method, split, limit=points)
     zs = ZeroShotClassifier.from_templates(adapter, study_template_for(dataset.labels.has_groups), dataset.labels.classnames)
-    img_z = encode_split(adapter, Split(split.name, spread_subset(split.samples, points), split.labels, split.meta))
+    img_z = encode_split(adapter, spread_subset(split, points))
     s = outcome.setting
     return plot_learned_vs_zeroshot([("zero-shot (class name, study template)", img_z, zs.class_features),
                                      (f"{s.method} · {s.variant} (seed {outcome.seed})", img_l, txt_l)],
@@ -131,7 +129,7 @@ def vit_tsne_figure(outcome: Outcome, dataset: Dataset, data_root: str = "data",
     from medkit.methods import build_vit
 
     split = dataset.splits["test"]
-    sub = Split(split.name, spread_subset(split.samples, points), split.labels, split.meta)
+    sub = spread_subset(split, points)
     weights = outcome.setting.full_options["weights"]
     before = build_vit(weights, dataset.labels.n_classes, "head", data_root, seed=outcome.seed)
     feats = {label: encode_split(model, sub) for label, model in (("pretrained", before), ("fine-tuned", outcome.method))}

@@ -5,15 +5,15 @@ protocol, split and classes: a relabelled variant cannot silently drop out of a 
 """
 from __future__ import annotations
 
-import json
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from medkit import grids
+from medkit.grids import knowledge_guided
 from medkit.experiment import Setting
-from medkit.methods import KNOWLEDGE_RESOURCES, REGISTRY
+from medkit.methods import REGISTRY
 from medkit.reporting.tables import frame, latest, mean_std, option_sweep, select
 
 Stats = tuple[float, float, int]
@@ -37,25 +37,6 @@ def verdict(a: Stats, b: Stats) -> str:
     margin = max(a[1], b[1], 1e-9)
     diff = a[0] - b[0]
     return "yes" if diff > margin else "no" if diff < -margin else "tie (within seed spread)"
-
-
-def knowledge_guided(options: str | float | None) -> bool:
-    """Whether a row's options name a knowledge resource (descriptions, LLM representations)."""
-    if not isinstance(options, str) or not options:
-        return False
-    found = []
-
-    def walk(v):
-        if isinstance(v, dict):
-            if set(v) == {"$ref"}:
-                found.append(v["$ref"])
-            for x in v.values():
-                walk(x)
-        elif isinstance(v, list):
-            for x in v:
-                walk(x)
-    walk(json.loads(options))
-    return any(r in KNOWLEDGE_RESOURCES for r in found)
 
 
 # --------------------------------------------------------------------------- the implant study (06)
@@ -93,9 +74,9 @@ def study_findings(results: pd.DataFrame, backbone: str, datasets: Sequence[str]
             add("text init > random init", f"coop: {text.variant}", of(text), f"coop: {rand.variant}", of(rand))
         best = {}
         for m in ("maple", "cocoop", "coop"):
-            ranked = sorted(S[m], key=lambda s: -of(s)[0] if of(s)[2] else np.inf)
-            ranked = [s for s in ranked if s.method == m]
-            best[m] = (f"{m}: {ranked[0].variant}", of(ranked[0])) if ranked and of(ranked[0])[2] else (m, (np.nan, np.nan, 0))
+            run = [s for s in S[m] if s.method == m and of(s)[2]]  # the table's settings of this method that ran
+            top = max(run, key=lambda s: of(s)[0]) if run else None  # ties: the table's first
+            best[m] = (f"{m}: {top.variant}", of(top)) if top else (m, (np.nan, np.nan, 0))
         add("MaPLe > CoCoOp", *best["maple"], *best["cocoop"])
         add("CoCoOp > CoOp", *best["cocoop"], *best["coop"])
         add("deeper prompts help", f"maple: {S['maple'][1].variant}", of(S["maple"][1]),
@@ -151,7 +132,7 @@ def findings_07(results, knowledge_table: pd.DataFrame, ablations, selection_tab
                      f"(dataset, K) cases: " + "; ".join(
                          f"{r['dataset']} K={r['K']}: {r['best knowledge-guided']} vs {r['best name-only']} "
                          f"({r['difference']:+.3f})" for _, r in knowledge_table.iterrows()))
-    grid = {s.method: s for s in grids.few_shot_grid_all()}
+    grid = {s.method: s for s in grids.few_shot_grid()}
     test = select(results, split="test", classes="all")
     for name in dict.fromkeys(test["dataset"]):
         d = select(test, dataset=name)
