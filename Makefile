@@ -1,30 +1,66 @@
-# The two commands: `make workbook` and `make test`. Both create .venv when missing and
-# install requirements.txt once; the stamp is keyed by the file's hash, so a set-up
-# machine never calls pip again (and runs with no network at all).
+# The two commands: `make workbook` and `make test`. Both run `setup`: create .venv when missing
+# and install the verified lock requirements.lock (exact versions, hashes) once, then medkit
+# itself (editable); the stamp is keyed by the file's hash, so a set-up machine never calls pip
+# again (and runs with no network at all). `setup` then registers the `medkit` Jupyter kernel
+# in .venv (no pip, no network), so `papermill … -k medkit` works right after it.
+# `make test REQUIREMENTS=requirements.txt` installs the version ranges instead of the lock.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= tiny
-REQ_HASH := $(shell $(PYTHON) -c "import hashlib;print(hashlib.sha256(open('requirements.txt','rb').read()).hexdigest()[:12])")
+REQUIREMENTS ?= requirements.lock
+REQ_HASH := $(shell $(PYTHON) -c "import hashlib;print(hashlib.sha256(open('$(REQUIREMENTS)','rb').read()).hexdigest()[:12])")
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: workbook test setup clean-outputs
+.PHONY: workbook test setup lock clean-outputs
 
 setup: $(STAMP)
+	@$(PY) -m medkit kernel
 
-$(STAMP): requirements.txt
+# requirements.lock is in pip's hash-checking mode, which refuses editable installs:
+# medkit goes in afterwards, without dependencies (they are all in the file above).
+$(STAMP): $(REQUIREMENTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -r $(REQUIREMENTS)
+	$(PY) -m pip install --disable-pip-version-check --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
-workbook: $(STAMP)
+workbook: setup
 	$(PY) -m medkit workbook --profile $(PROFILE)
 
-test: $(STAMP)
+test: setup
 	$(PY) -m pytest -q tests
+
+# Regenerate requirements.lock from the versions installed in $(VENV) — run it only on a venv
+# `make test` passed on. Needs uv (`pip install uv`, or UV=/path/to/uv) and the package registry.
+# To move to newer versions: rm -rf .venv && make test REQUIREMENTS=requirements.txt && make lock
+UV ?= uv
+LOCK_PLATFORM ?= x86_64-manylinux_2_28
+LOCK_PYTHON = $(shell $(PY) -c "import sys;print('%d.%d' % sys.version_info[:2])")
+LOCK_FLAGS = --python-version $(LOCK_PYTHON) --python-platform $(LOCK_PLATFORM) --generate-hashes --annotation-style line --no-header
+define LOCK_HEADER
+# requirements.lock: the exact versions `make setup` installs, verified (`make test` passed on
+# them), with hashes; for CPython $(LOCK_PYTHON) on Linux x86_64 ($(LOCK_PLATFORM), glibc >= 2.28),
+# torch's CUDA wheels (nvidia-*, cuda-*, triton) included. Other platforms or Pythons:
+# `make setup REQUIREMENTS=requirements.txt` (the version ranges).
+# Made by `make lock` from requirements.txt, the tested venv's packages as constraints:
+#   $(PY) -m pip freeze --all --exclude-editable |
+#     uv pip compile requirements.txt -c - $(LOCK_FLAGS)
+# (uv $(shell $(UV) --version 2>/dev/null | cut -d' ' -f2)). To regenerate after new versions pass:
+#   rm -rf .venv && make test REQUIREMENTS=requirements.txt && make lock
+# medkit itself is not listed: the Makefile installs it after this file (pip install --no-deps -e .).
+endef
+export LOCK_HEADER
+
+lock:
+	@test -x $(PY) || { echo "no $(PY): set up and test a venv first"; exit 1; }
+	{ printf '%s\n' "$$LOCK_HEADER"; $(PY) -m pip freeze --all --exclude-editable \
+	  | $(UV) pip compile requirements.txt -c - $(LOCK_FLAGS); } > requirements.lock.tmp \
+	  || { rm -f requirements.lock.tmp; exit 1; }
+	mv requirements.lock.tmp requirements.lock
 
 clean-outputs:
 	rm -rf outputs/runs outputs/results.csv outputs/executed
