@@ -22,17 +22,29 @@ TEMPLATE_ENSEMBLE: tuple[str, ...] = (
 )
 
 
-def fill(template: str, classnames: Sequence[str]) -> list[str]:
+def prompt_name(name: str, keep_underscores: bool = False) -> str:
+    """A class name as it enters a prompt: every `_` becomes a space, as in the CoOp-family
+    references (`name.replace("_", " ")`), because Dassl split files spell names
+    `hip_prosthesis` and a text tower has never read such tokens. `keep_underscores=True`
+    feeds the name unchanged. The one place a class name becomes prompt text: rows, labels
+    and ensemble keys keep the original name."""
+    return name if keep_underscores else name.replace("_", " ")
+
+
+def fill(template: str, classnames: Sequence[str], keep_underscores: bool = False) -> list[str]:
+    """`template` filled with each class name (underscores → spaces unless `keep_underscores`)."""
     if "{}" not in template:
         raise ValueError(f"template {template!r} has no '{{}}' placeholder for the class name")
-    return [template.format(c) for c in classnames]
+    return [template.format(prompt_name(c, keep_underscores)) for c in classnames]
 
 
-def ensemble_from_templates(templates: Sequence[str], classnames: Sequence[str]) -> dict[str, list[str]]:
-    """{classname: [template filled with that class]} — the same shape as description ensembles."""
+def ensemble_from_templates(templates: Sequence[str], classnames: Sequence[str],
+                            keep_underscores: bool = False) -> dict[str, list[str]]:
+    """{classname: [template filled with that class]} — the same shape as description ensembles.
+    Keyed by the original name; the sentences use `prompt_name` (see `keep_underscores`)."""
     for t in templates:
         fill(t, ["x"])
-    return {c: [t.format(c) for t in templates] for c in classnames}
+    return {c: [t.format(prompt_name(c, keep_underscores)) for t in templates] for c in classnames}
 
 
 def study_template_for(dataset_has_groups: bool) -> str:

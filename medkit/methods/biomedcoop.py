@@ -21,7 +21,9 @@ class-specific, cosine logits with the model's logit scale. Different: the image
 frozen and unprompted, so the student's and the teacher's image features are the same
 cached features (the reference runs a second frozen copy of the image tower every step);
 ensembles with different sentence counts per class are allowed (prompt i of a class with
-fewer sentences wraps around; the SCCM mean uses each sentence once).
+fewer sentences wraps around; the SCCM mean uses each sentence once). `keep_underscores`
+(the learned prompts; the ensemble sentences are used as given) and `shared_class_init` as
+in CoOp (defaults: the reference's).
 """
 from __future__ import annotations
 
@@ -137,7 +139,9 @@ def kdsp_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tor
 
 
 @register("biomedcoop", kind="prompt", training=TrainConfig(epochs=100, batch_size=4, lr=0.0025),  # 50 for base-to-novel
-          budgets={"tiny": Budget(train=dict(batch_size=32, lr=0.02,
+          # tiny: CoOp's batch (128), so at K=1 both take one full-batch step per epoch and differ
+          # only by SCCM + KDSP (batch 32 gave BiomedCoOp uneven half-batches and put it below CoOp)
+          budgets={"tiny": Budget(train=dict(batch_size=128, lr=0.02,
                                              optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))},
           grid=(GridEntry("BiomedCoOp", {"ensembles": Ref("descriptions")}),))
 class BiomedCoOp(CoOp):
@@ -146,10 +150,11 @@ class BiomedCoOp(CoOp):
     def __init__(self, adapter: BackboneAdapter, classnames: list[str], ensembles: Mapping[str, Sequence[str]],
                  n_ctx: int | None = 4, ctx_init: str | None = "a photo of a", class_specific: bool = False,
                  position: str = "end", lambda_sccm: float = 1.0, lambda_kdsp: float = 1.0, pruning: str = "mad",
-                 tau: float = 1.5) -> None:
+                 tau: float = 1.5, keep_underscores: bool = False, shared_class_init: bool = False) -> None:
         if pruning not in PRUNING_RULES:
             raise ValueError(f"pruning={pruning!r}: choose one of {PRUNING_RULES}")
-        super().__init__(adapter, classnames, n_ctx, ctx_init, class_specific, position)
+        super().__init__(adapter, classnames, n_ctx, ctx_init, class_specific, position,
+                         keep_underscores=keep_underscores, shared_class_init=shared_class_init)
         self.lambda_sccm, self.lambda_kdsp, self.pruning, self.tau = lambda_sccm, lambda_kdsp, pruning, tau
         feats, mask = ensemble_features(adapter, ensembles, self.classnames)
         self.register_buffer("sentences", feats, persistent=False)

@@ -22,7 +22,8 @@ a conditional step already costs B·C text passes; the representations are stand
 dimension over all of the dataset's classes before use (LLM states are far from the text
 tower's token scale; the statistics cover every class so base and novel classes share
 them) and the projection starts at the scale of real word embeddings; deep text prompts
-have no interventions of their own.
+have no interventions of their own. Class names (and `ctx_init`) enter the prompt with `_`
+turned into spaces, as the CoOp-family references do; `keep_underscores=True` keeps them.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from medkit.methods.base import FrozenBackboneMethod
 from medkit.methods.context import phrase_embeddings, prompt_layout
 from medkit.methods.deep import prompt_stack, resolve_depth
 from medkit.methods.intervention import KnowledgePrompts
+from medkit.prompts import prompt_name
 
 
 def standardized(hidden: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -66,7 +68,8 @@ class CILMP(FrozenBackboneMethod):
     def __init__(self, adapter: BackboneAdapter, classnames: list[str], knowledge, n_ctx: int = 4,
                  ctx_init: str | None = "a photo of a", prefix: int | None = None, suffix: int | None = None, rank: int = DEFAULT_RANK,
                  proj_rank: int = 8, mode: str = "conditional", dropout: float = 0.1, text_depth: int | str = "all",
-                 vision_depth: int | str = 0, n_vision_ctx: int = 4, text_chunk: int = 2048) -> None:
+                 vision_depth: int | str = 0, n_vision_ctx: int = 4, text_chunk: int = 2048,
+                 keep_underscores: bool = False) -> None:
         super().__init__(adapter, classnames)
         knowledge.for_classes(self.classnames)  # a clear error naming classes without representations
         index = [list(knowledge.classnames).index(c) for c in self.classnames]
@@ -79,11 +82,13 @@ class CILMP(FrozenBackboneMethod):
                                           rank=rank, proj_rank=proj_rank, mode=mode, dropout=dropout, standardize=False)
         self._match_token_scale(adapter)
         n_tokens = self.knowledge.n_tokens
-        ids, positions, base = prompt_layout(adapter, self.classnames, n_ctx + n_tokens)
+        ids, positions, base = prompt_layout(adapter, self.classnames, n_ctx + n_tokens,
+                                             keep_underscores=keep_underscores)
         self.register_buffer("ids", ids, persistent=False)
         self.register_buffer("positions", positions, persistent=False)
         self.register_buffer("base", base, persistent=False)
         if ctx_init:
+            ctx_init = prompt_name(ctx_init, keep_underscores)
             vec = phrase_embeddings(adapter, ctx_init)
             if vec.shape[0] != n_ctx:
                 raise ValueError(f"ctx_init {ctx_init!r} tokenises to {vec.shape[0]} tokens, not n_ctx={n_ctx}")

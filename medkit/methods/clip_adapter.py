@@ -10,7 +10,8 @@ Differs: the reference adapts the raw image feature, here the cached feature is 
 normalised. That changes nothing: without biases and with ReLU (both positively
 homogeneous) `A(s·x) = s·A(x)` for s > 0, so the adapted feature only changes by the
 factor s and the cosine logits are identical. The class text features may also be a
-template ensemble or LLM sentence ensembles (`ensembles`).
+template ensemble or LLM sentence ensembles (`ensembles`). `keep_underscores=True` fills
+the templates with the class names as given (default: `_` → space, as the references do).
 
 `zero_shot_weights` is the one place every cached-feature baseline builds its frozen
 zero-shot class text weights from templates or sentence ensembles.
@@ -33,12 +34,15 @@ from medkit.prompts import CLIP_DEFAULT_TEMPLATE, ensemble_from_templates
 @torch.no_grad()
 def zero_shot_weights(adapter: BackboneAdapter, classnames: Sequence[str],
                       templates: str | Sequence[str] = CLIP_DEFAULT_TEMPLATE,
-                      ensembles: Mapping[str, Sequence[str]] | None = None) -> torch.Tensor:
+                      ensembles: Mapping[str, Sequence[str]] | None = None,
+                      keep_underscores: bool = False) -> torch.Tensor:
     """Frozen zero-shot class text features `[C, E]`, unit norm: per class the normalised
     mean of its normalised sentence features. Sentence ensembles `{class: [sentences]}`,
-    when given, win over the templates."""
+    when given, win over the templates (and are used as given); template-filled names turn
+    `_` into spaces unless `keep_underscores` (`medkit.prompts.prompt_name`)."""
     if ensembles is None:
-        ensembles = ensemble_from_templates([templates] if isinstance(templates, str) else list(templates), classnames)
+        ensembles = ensemble_from_templates([templates] if isinstance(templates, str) else list(templates), classnames,
+                                            keep_underscores)
     return class_text_features(adapter, ensembles, list(classnames)).detach().float()
 
 
@@ -59,14 +63,15 @@ class CLIPAdapter(FrozenBackboneMethod):
 
     def __init__(self, adapter: BackboneAdapter, classnames: list[str], ratio: float = 0.2, reduction: int = 4,
                  templates: str | Sequence[str] = CLIP_DEFAULT_TEMPLATE,
-                 ensembles: Mapping[str, Sequence[str]] | None = None) -> None:
+                 ensembles: Mapping[str, Sequence[str]] | None = None, keep_underscores: bool = False) -> None:
         super().__init__(adapter, classnames)
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"ratio must be in [0, 1], got {ratio}")
         self.ratio = ratio
         self.mlp = Adapter(adapter.embed_dim, reduction)
         # derived from the frozen tower and the prompts: rebuilt at construction, never saved
-        self.register_buffer("text_weights", zero_shot_weights(adapter, self.classnames, templates, ensembles),
+        self.register_buffer("text_weights", zero_shot_weights(adapter, self.classnames, templates, ensembles,
+                                                               keep_underscores),
                              persistent=False)
 
     def adapt(self, image_features: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@ normalised image feature; its output is added to every context token. Unlike the
 reference, which loops over the batch in Python and encodes K prompts per image, all
 B·K prompts of a batch go through the text tower in one call (in chunks of
 `text_chunk` rows to bound memory). Shared or class-specific context (only the context is
-class-specific; the meta-net is shared), as in the implant study.
+class-specific; the meta-net is shared), as in the implant study. `keep_underscores` and
+`shared_class_init` as in CoOp (defaults: the reference's).
 """
 from __future__ import annotations
 
@@ -38,9 +39,10 @@ class CoCoOp(FrozenBackboneMethod):
 
     def __init__(self, adapter: BackboneAdapter, classnames: list[str], n_ctx: int | None = 4,
                  ctx_init: str | None = "a photo of a", class_specific: bool = False, position: str = "end",
-                 text_chunk: int = 2048) -> None:
+                 text_chunk: int = 2048, keep_underscores: bool = False, shared_class_init: bool = False) -> None:
         super().__init__(adapter, classnames)
-        self.context = PromptContext(adapter, self.classnames, n_ctx, ctx_init, class_specific, position)
+        self.context = PromptContext(adapter, self.classnames, n_ctx, ctx_init, class_specific, position,
+                                     keep_underscores=keep_underscores, shared_class_init=shared_class_init)
         self.meta_net = MetaNet(adapter.embed_dim, adapter.text_width)
         self.text_chunk = text_chunk
 

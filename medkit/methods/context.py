@@ -13,6 +13,7 @@ from torch import nn
 
 from medkit.backbones import BackboneAdapter
 from medkit.backbones.adapter import replace_positions
+from medkit.prompts import prompt_name
 
 PLACEHOLDER = "X"
 POSITIONS = ("end", "middle", "front")
@@ -32,14 +33,16 @@ def phrase_embeddings(adapter: BackboneAdapter, phrase: str) -> torch.Tensor:
         return adapter.token_embedding(ids[:, 1:n - 1])[0].float()
 
 
-def build_prompts(classnames: list[str], n_ctx: int, fixed_words: str = "", position: str = "end") -> list[str]:
-    """Class prompt strings with `n_ctx` placeholders (CoOp's class-token positions)."""
+def build_prompts(classnames: list[str], n_ctx: int, fixed_words: str = "", position: str = "end",
+                  keep_underscores: bool = False) -> list[str]:
+    """Class prompt strings with `n_ctx` placeholders (CoOp's class-token positions); the
+    names go in through `prompt_name` (underscores → spaces unless `keep_underscores`)."""
     if position not in POSITIONS:
         raise ValueError(f"class-token position {position!r}: choose one of {POSITIONS}")
     ctx = [PLACEHOLDER] * n_ctx
     fixed = f" {fixed_words}" if fixed_words else ""
     out = []
-    for name in classnames:
+    for name in (prompt_name(c, keep_underscores) for c in classnames):
         if position == "end":
             text = " ".join(ctx) + f"{fixed} {name}."
         elif position == "front":
@@ -52,10 +55,10 @@ def build_prompts(classnames: list[str], n_ctx: int, fixed_words: str = "", posi
 
 
 def prompt_layout(adapter: BackboneAdapter, classnames: list[str] | tuple[str, ...], n_slots: int, fixed_words: str = "",
-                  position: str = "end") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  position: str = "end", keep_underscores: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(token ids `[K, L]` cut after the last real token, slot positions `[K, n_slots]`,
     frozen token embeddings `[K, L, D]`) of the class prompts with `n_slots` placeholders."""
-    prompts = build_prompts(list(classnames), n_slots, fixed_words, position)
+    prompts = build_prompts(list(classnames), n_slots, fixed_words, position, keep_underscores)
     ids = adapter.trim(adapter.tokenize(prompts))
     x_id = placeholder_id(adapter)
     rows = [(r == x_id).nonzero().flatten() for r in ids]
@@ -74,14 +77,25 @@ class PromptContext(nn.Module):
 
     `init`: None → N(0, std²) (CoOp's random init); a phrase → its first `n_ctx` words'
     embeddings, the remaining words stay as fixed text after the context (MaPLe's "a photo"
-    learnable + "of a" fixed). A class-specific context starts from the same vectors for
-    every class.
+    learnable + "of a" fixed).
+
+    Class-specific (CSC) and random: every class's context is its own N(0, std²) draw, one
+    `[K, n_ctx, D]` tensor as in CoOp's reference; `shared_class_init=True` draws one
+    `[n_ctx, D]` context and copies it to every class (medkit's former behaviour).
+    Class-specific from a phrase: every class starts from the phrase's embeddings, whatever
+    `shared_class_init` says. (CoOp's reference ignores CSC when given a phrase and keeps a
+    single generic context; here the copies are separate per-class parameters.)
+
+    `keep_underscores=False` (the reference's): `_` becomes a space in the class names and
+    the init phrase before tokenising (`medkit.prompts.prompt_name`); True feeds them as given.
     """
 
     def __init__(self, adapter: BackboneAdapter, classnames: list[str], n_ctx: int | None = 4,
                  init: str | None = None, class_specific: bool = False, position: str = "end",
-                 init_std: float = 0.02) -> None:
+                 init_std: float = 0.02, keep_underscores: bool = False, shared_class_init: bool = False) -> None:
         super().__init__()
+        # the references turn `_` into spaces in the init phrase too (CoOp: `ctx_init.replace("_", " ")`)
+        init = prompt_name(init, keep_underscores) if init else init
         words = init.split() if init else []
         if n_ctx is None:
             if not words:
@@ -93,7 +107,8 @@ class PromptContext(nn.Module):
             raise ValueError(f"init phrase {init!r} has {len(words)} words, fewer than n_ctx={n_ctx}")
         self.n_ctx, self.class_specific, self.position = n_ctx, class_specific, position
         self.init_phrase = init
-        ids, positions, base = prompt_layout(adapter, classnames, n_ctx, " ".join(words[n_ctx:]), position)
+        ids, positions, base = prompt_layout(adapter, classnames, n_ctx, " ".join(words[n_ctx:]), position,
+                                             keep_underscores)
         self.register_buffer("ids", ids, persistent=False)
         self.register_buffer("positions", positions, persistent=False)
         self.register_buffer("base", base, persistent=False)
@@ -103,9 +118,11 @@ class PromptContext(nn.Module):
             if vec.shape[0] != n_ctx:
                 raise ValueError(f"init words {words[:n_ctx]} tokenise to {vec.shape[0]} tokens, not {n_ctx}: "
                                  "choose words that are single tokens for this tokenizer")
+        elif class_specific and not shared_class_init:
+            vec = torch.randn(len(classnames), n_ctx, width) * init_std  # one independent draw per class
         else:
             vec = torch.randn(n_ctx, width) * init_std
-        if class_specific:
+        if class_specific and vec.dim() == 2:  # a phrase, or the shared draw: the same start for every class
             vec = vec.unsqueeze(0).repeat(len(classnames), 1, 1)
         self.ctx = nn.Parameter(vec)
 

@@ -7,6 +7,11 @@ unprompted, so image features come from the feature cache instead of being recom
 every step; the prompts are cut after their last real token; and on causal (CLIP) text
 towers a shared context — identical in every class prompt — runs through the tower once,
 not once per class.
+
+Options beyond the reference's: `keep_underscores=True` feeds class names with their `_`
+(the reference, and the default, turn them into spaces); `shared_class_init=True` starts a
+random class-specific context from one draw copied to every class (the reference, and the
+default, draw each class's context independently).
 """
 from __future__ import annotations
 
@@ -29,9 +34,11 @@ class CoOp(FrozenBackboneMethod):
     uses_cached_features = True
 
     def __init__(self, adapter: BackboneAdapter, classnames: list[str], n_ctx: int | None = 16,
-                 ctx_init: str | None = None, class_specific: bool = False, position: str = "end") -> None:
+                 ctx_init: str | None = None, class_specific: bool = False, position: str = "end",
+                 keep_underscores: bool = False, shared_class_init: bool = False) -> None:
         super().__init__(adapter, classnames)
-        self.context = PromptContext(adapter, self.classnames, n_ctx, ctx_init, class_specific, position)
+        self.context = PromptContext(adapter, self.classnames, n_ctx, ctx_init, class_specific, position,
+                                     keep_underscores=keep_underscores, shared_class_init=shared_class_init)
 
     def text_features(self) -> torch.Tensor:
         c = self.context

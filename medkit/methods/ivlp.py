@@ -1,6 +1,7 @@
 """IVLP (independent vision-language prompting; the MaPLe paper's baseline): deep text
 prompts and deep vision prompts with no coupling between them. `depth=0` is the frozen
-zero-shot model with the init prompt."""
+zero-shot model with the init prompt. `keep_underscores` and `shared_class_init` as in CoOp
+(defaults: the reference's)."""
 from __future__ import annotations
 
 import torch
@@ -22,10 +23,11 @@ class IVLP(FrozenBackboneMethod):
 
     def __init__(self, adapter: BackboneAdapter, classnames: list[str], n_ctx: int = 2,
                  ctx_init: str | None = "a photo of a", depth: int | str = "all", n_vision_ctx: int = 2,
-                 class_specific: bool = False) -> None:
+                 class_specific: bool = False, keep_underscores: bool = False, shared_class_init: bool = False) -> None:
         super().__init__(adapter, classnames)
         self.depth = resolve_depth(adapter, depth)
-        self.context = PromptContext(adapter, self.classnames, n_ctx, ctx_init, class_specific)
+        self.context = PromptContext(adapter, self.classnames, n_ctx, ctx_init, class_specific,
+                                     keep_underscores=keep_underscores, shared_class_init=shared_class_init)
         self.context.ctx.requires_grad_(self.depth > 0)
         self.deep_text = prompt_stack(max(0, self.depth - 1), self.context.n_ctx, adapter.text_width)
         self.vision = prompt_stack(self.depth, n_vision_ctx, adapter.vision_width)

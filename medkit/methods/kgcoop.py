@@ -9,6 +9,8 @@ Differs: the hand-crafted features may be a template ensemble or LLM sentence en
 (`templates`, `ensembles`), and CoOp's feature cache / shared-prefix speed-ups apply. The
 regulariser reuses the class text features of the step's forward pass (the reference does
 the same inside one forward): the text tower runs once per step, not twice.
+`keep_underscores` (the learned and the hand-crafted prompts) and `shared_class_init` as
+in CoOp (defaults: the reference's).
 """
 from __future__ import annotations
 
@@ -36,10 +38,13 @@ class KgCoOp(CoOp):
     def __init__(self, adapter: BackboneAdapter, classnames: list[str], n_ctx: int | None = 4,
                  ctx_init: str | None = "a photo of a", class_specific: bool = False, position: str = "end",
                  weight: float = 8.0, templates: str | Sequence[str] = CLIP_DEFAULT_TEMPLATE,
-                 ensembles: Mapping[str, Sequence[str]] | None = None) -> None:
-        super().__init__(adapter, classnames, n_ctx, ctx_init, class_specific, position)
+                 ensembles: Mapping[str, Sequence[str]] | None = None, keep_underscores: bool = False,
+                 shared_class_init: bool = False) -> None:
+        super().__init__(adapter, classnames, n_ctx, ctx_init, class_specific, position,
+                         keep_underscores=keep_underscores, shared_class_init=shared_class_init)
         self.weight = weight
-        self.register_buffer("hand_crafted", zero_shot_weights(adapter, self.classnames, templates, ensembles),
+        self.register_buffer("hand_crafted", zero_shot_weights(adapter, self.classnames, templates, ensembles,
+                                                               keep_underscores),
                              persistent=False)
         # the training step's class text features, kept from `forward` for `loss` (with
         # their graph): recomputing them would run the text tower a second time

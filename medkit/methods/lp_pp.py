@@ -17,7 +17,8 @@ of their text logit f·T_c — one value per class, where the reference multipli
 250 and starts every class at their mean; W, b and α are trained jointly by Adam
 (lr 1e-3, 300 full-batch epochs) instead of the reference's block-coordinate descent
 with step sizes from Lipschitz constants (SGD on W every step, a gradient step on α
-every 10 epochs).
+every 10 epochs). Template-filled class names turn `_` into spaces as the CoOp-family
+references do; `keep_underscores=True` keeps them.
 """
 from __future__ import annotations
 
@@ -43,10 +44,11 @@ class LPPlusPlus(FrozenBackboneMethod):
 
     def __init__(self, adapter: BackboneAdapter, classnames: list[str], epochs: int = 300, lr: float = 1e-3,
                  select_on_val: bool = True, templates: str | Sequence[str] = CLIP_DEFAULT_TEMPLATE,
-                 ensembles: Mapping[str, Sequence[str]] | None = None) -> None:
+                 ensembles: Mapping[str, Sequence[str]] | None = None, keep_underscores: bool = False) -> None:
         super().__init__(adapter, classnames)
         self.epochs, self.lr, self.select_on_val = epochs, lr, select_on_val
-        self.register_buffer("text_weights", zero_shot_weights(adapter, self.classnames, templates, ensembles),
+        self.register_buffer("text_weights", zero_shot_weights(adapter, self.classnames, templates, ensembles,
+                                                               keep_underscores),
                              persistent=False)
         c, e = self.text_weights.shape
         # before `prepare` (W = 0, α = 1) the method is the zero-shot classifier (unscaled)

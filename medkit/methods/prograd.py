@@ -11,6 +11,8 @@ CoOp's context is one tensor). Reference defaults: T = 1, λ = 1, CoOp's trainin
 Differs: the context starts from "a photo of a" (4 tokens, the few-shot grid's CoOp),
 and CoOp's feature cache and shared-prefix text pass apply. The gradient shaping is the
 method's `backward_step`: the training loop is the same as every method's.
+`keep_underscores` (the learned and the hand-crafted prompts) and `shared_class_init` as
+in CoOp (defaults: the reference's).
 """
 from __future__ import annotations
 
@@ -52,10 +54,13 @@ class ProGrad(CoOp):
     def __init__(self, adapter: BackboneAdapter, classnames: list[str], n_ctx: int | None = None,
                  ctx_init: str | None = "a photo of a", class_specific: bool = False, position: str = "end",
                  temperature: float = 1.0, strength: float = 1.0, templates: str | Sequence[str] = CLIP_DEFAULT_TEMPLATE,
-                 ensembles: Mapping[str, Sequence[str]] | None = None) -> None:
-        super().__init__(adapter, classnames, n_ctx, ctx_init, class_specific, position)
+                 ensembles: Mapping[str, Sequence[str]] | None = None, keep_underscores: bool = False,
+                 shared_class_init: bool = False) -> None:
+        super().__init__(adapter, classnames, n_ctx, ctx_init, class_specific, position,
+                         keep_underscores=keep_underscores, shared_class_init=shared_class_init)
         self.temperature, self.strength = temperature, strength
-        self.register_buffer("zero_shot_text", zero_shot_weights(adapter, self.classnames, templates, ensembles),
+        self.register_buffer("zero_shot_text", zero_shot_weights(adapter, self.classnames, templates, ensembles,
+                                                                 keep_underscores),
                              persistent=False)
         self._step_images: torch.Tensor | None = None
 

@@ -13,7 +13,8 @@ Differs: clip_logits use the backbone's logit scale (`cosine_logits`) instead of
 reference's hard-coded 100 (CLIP's own scale, but not BiomedCLIP's); the search keeps
 the current (α, β) unless a grid point is strictly better on validation, so it never
 lowers validation accuracy; the keys are the un-augmented features the runner gives
-`prepare`, where the reference averages 10 augmented views per image.
+`prepare`, where the reference averages 10 augmented views per image. Template-filled
+class names turn `_` into spaces as the reference does; `keep_underscores=True` keeps them.
 """
 from __future__ import annotations
 
@@ -48,11 +49,12 @@ class TipAdapter(FrozenBackboneMethod):
     def __init__(self, adapter: BackboneAdapter, classnames: list[str], alpha: float = 1.0, beta: float = 5.5,
                  search_scale: tuple[float, float] = (10.0, 5.0), search_steps: tuple[int, int] = (10, 10),
                  templates: str | Sequence[str] = CLIP_DEFAULT_TEMPLATE,
-                 ensembles: Mapping[str, Sequence[str]] | None = None) -> None:
+                 ensembles: Mapping[str, Sequence[str]] | None = None, keep_underscores: bool = False) -> None:
         super().__init__(adapter, classnames)
         self.alpha, self.beta = float(alpha), float(beta)
         self.search_scale, self.search_steps = search_scale, search_steps  # (β, α) as in the reference
-        self.register_buffer("text_weights", zero_shot_weights(adapter, self.classnames, templates, ensembles),
+        self.register_buffer("text_weights", zero_shot_weights(adapter, self.classnames, templates, ensembles,
+                                                               keep_underscores),
                              persistent=False)
         # the cache's size is the training set's: unknown until `prepare`
         if self.learn_keys:

@@ -1,6 +1,7 @@
 """VPT-deep (Jia et al., ECCV 2022) as the MaPLe paper runs it: vision prompts at every
 layer up to `depth` (8 tokens, all layers by default) and fixed text features of a
-hand-crafted template. `depth=0` is the frozen zero-shot model."""
+hand-crafted template. `depth=0` is the frozen zero-shot model. Class names enter the
+template with `_` turned into spaces, as the reference does; `keep_underscores=True` keeps them."""
 from __future__ import annotations
 
 import torch
@@ -22,12 +23,12 @@ class VPTDeep(FrozenBackboneMethod):
     uses_cached_features = False
 
     def __init__(self, adapter: BackboneAdapter, classnames: list[str], n_ctx: int = 8, depth: int | str = "all",
-                 template: str = "a photo of a {}.") -> None:
+                 template: str = "a photo of a {}.", keep_underscores: bool = False) -> None:
         super().__init__(adapter, classnames)
         self.depth = resolve_depth(adapter, depth, towers=("vision",))
         self.vision = prompt_stack(self.depth, n_ctx, adapter.vision_width)
         with torch.no_grad():
-            feats = adapter.encode_text(fill(template, self.classnames)).float()
+            feats = adapter.encode_text(fill(template, self.classnames, keep_underscores)).float()
         self.register_buffer("class_features", F.normalize(feats, dim=-1), persistent=False)
 
     def precompute_text(self) -> torch.Tensor:

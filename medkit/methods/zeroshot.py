@@ -37,7 +37,9 @@ class ZeroShotClassifier(FrozenBackboneMethod):
     A class's text feature is the normalised mean of its normalised sentence features,
     so one template, a template ensemble and an LLM/description ensemble are the same
     operation with different sentence lists: `templates` (one or several, `{}` the class
-    name) or `ensembles` (`{classname: [sentences]}`, which wins when given).
+    name) or `ensembles` (`{classname: [sentences]}`, which wins when given, used as given).
+    Template-filled names turn `_` into spaces, as CoOp's ZeroShotCLIP does;
+    `keep_underscores=True` fills them in unchanged.
     """
 
     uses_cached_features = True
@@ -46,11 +48,11 @@ class ZeroShotClassifier(FrozenBackboneMethod):
 
     def __init__(self, adapter: BackboneAdapter, classnames: list[str],
                  templates: str | Sequence[str] = CLIP_DEFAULT_TEMPLATE,
-                 ensembles: Mapping[str, Sequence[str]] | None = None) -> None:
+                 ensembles: Mapping[str, Sequence[str]] | None = None, keep_underscores: bool = False) -> None:
         super().__init__(adapter, classnames)
         if ensembles is None:
             templates = [templates] if isinstance(templates, str) else list(templates)
-            ensembles = ensemble_from_templates(templates, self.classnames)
+            ensembles = ensemble_from_templates(templates, self.classnames, keep_underscores)
         self.register_buffer("class_features", class_text_features(adapter, ensembles, self.classnames))
 
     @classmethod
