@@ -157,6 +157,8 @@ def split_digest(split: Split) -> str:
     h = hashlib.blake2b(digest_size=16)
     if any(s.array_index is not None for s in split.samples):
         h.update(str(split.meta.get("npz_key", f"{split.name}_images")).encode())
+    if split.meta.get("intensity", "range") != "range":  # other decoding, other pixels
+        h.update(f"intensity {split.meta['intensity']}\n".encode())
     for s in split.samples:
         h.update(f"{file_digest(Path(s.path))}|{s.array_index}\n".encode())
     return h.hexdigest()
