@@ -5,7 +5,11 @@
 - bf16 autocast on CUDA; optional gradient clipping; early stopping on validation
   accuracy; `select="best"` restores the best epoch (the references report the last);
 - a checkpoint of the method's own parameters, optimizer, schedule, history and RNG
-  states after every epoch, and `resume=True` to continue an interrupted run;
+  states after every epoch, and `resume=True` to continue an interrupted run. The
+  checkpoint carries a fingerprint of what it belongs to (by default the method's class
+  and trainable shapes, the config — seed included — and the training data's size and
+  labels; callers add the dataset, split and backbone identity): resuming from a
+  checkpoint of another run is an error that says what differs, never a silent reuse;
 - per-epoch history (train/val loss and accuracy, lr, seconds) and callbacks;
 - inputs: a `Split` of images, or for methods whose image tower is frozen and unprompted
   (`method.uses_cached_features`) `(features, labels)` or `CachedFeatures`. A `Split` given
@@ -32,6 +36,7 @@ from medkit.atomic import atomic_torch_save
 from medkit.config import TrainConfig
 from medkit.data import ImageDataset, Split
 from medkit.features import CachedFeatures, FeatureCache, encode_split
+from medkit.runs import json_safe
 
 Data = Split | tuple[torch.Tensor, torch.Tensor] | CachedFeatures
 Callback = Callable[[dict, nn.Module], bool | None]  # return True to stop training
@@ -133,9 +138,55 @@ def _evaluate(method: nn.Module, data: Data | None, cfg: TrainConfig) -> tuple[f
     return float(nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
+RESUMABLE_CHANGES = ("epochs", "device", "eval_batch_size")
+
+
+class ResumeError(RuntimeError):
+    """A checkpoint found for resuming belongs to another run."""
+
+
+def _data_signature(data: Data) -> str:
+    """Size and labels of training data, hashed (cheap; enough to tell two runs apart)."""
+    import hashlib
+
+    if isinstance(data, Split):
+        labels, n = np.asarray(data.targets), len(data)
+        names = "|".join(str(s.path) for s in data.samples)
+    else:
+        y = data.labels if isinstance(data, CachedFeatures) else data[1]
+        labels, n, names = np.asarray(torch.as_tensor(y).cpu()), len(y), ""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(f"{n}|{names}".encode())
+    h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def run_fingerprint(method: nn.Module, train: Data, cfg: TrainConfig, extra: dict | None = None) -> dict:
+    """What a checkpoint belongs to: method class + trainable shapes, config, training data, extras."""
+    shapes = {n: list(p.shape) for n, p in method.named_parameters() if p.requires_grad}
+    # a run may be extended to more epochs, or resumed on another device: not part of its identity
+    config = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}
+    return {"method": type(method).__name__, "trainable": shapes, "config": config,
+            "train_data": _data_signature(train), **(extra or {})}
+
+
+def _differences(saved: dict, wanted: dict) -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(key, "<absent>"), wanted.get(key, "<absent>")
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{d}" for d in _differences(a, b)]
+        else:
+            out.append(f"{key}: checkpoint {a!r} vs this run {b!r}")
+    return out
+
+
 def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainConfig = TrainConfig(),
         checkpoint_dir: str | Path | None = None, resume: bool = False, callbacks: Sequence[Callback] = (),
-        progress: bool | str = True, desc: str = "", cache: FeatureCache | None = None) -> pd.DataFrame:
+        progress: bool | str = True, desc: str = "", cache: FeatureCache | None = None,
+        fingerprint: dict | None = None) -> pd.DataFrame:
     """Train `method` in place; returns the per-epoch history (`train_<term>` per named loss
     term) with every optimizer step's loss and terms in `history.attrs["steps"]`.
 
@@ -144,6 +195,10 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
 
     `progress`: True → a tqdm bar over steps; "lines" → one printed line per epoch (headless
     runs); False → silent.
+
+    `checkpoint_dir` + `resume=True`: continue from `checkpoint_dir/last.pt` if it belongs to
+    this run (`run_fingerprint(...)` plus `fingerprint`, e.g. dataset id and backbone);
+    otherwise `ResumeError` naming every difference. A finished run resumes to its end state.
     """
     cfg = config
     if cfg.select not in ("last", "best"):
@@ -162,9 +217,17 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
     history: list[dict] = []
     best_acc, best_state, stale, start_epoch = -1.0, None, 0, 0
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    ident = json_safe(run_fingerprint(method, train, cfg, fingerprint))
+    steps_log: list[dict] = []  # every optimizer step's loss and named terms
     if resume and ckpt is not None and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=False)
+        diff = _differences(state.get("fingerprint") or {}, ident)
+        if diff:
+            raise ResumeError(f"{ckpt} belongs to another run; refusing to resume from it:\n  "
+                              + "\n  ".join(diff[:12]) + ("\n  …" if len(diff) > 12 else "")
+                              + "\nuse another checkpoint_dir (or delete it to start over)")
         method.load_trainable_state(state["method"])
+        steps_log = list(state.get("steps", []))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         history, best_acc, best_state, stale = state["history"], state["best_acc"], state["best_state"], state["stale"]
@@ -180,7 +243,6 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
     bar = tqdm(total=steps * (cfg.epochs - start_epoch), desc=desc or type(method).__name__,
                disable=progress is not True, mininterval=1)
     t0 = time.time()
-    steps_log: list[dict] = []  # every optimizer step's loss and named terms (this call's steps)
     for epoch in range(start_epoch, cfg.epochs):
         gen.manual_seed(cfg.seed * 10007 + epoch)  # a resumed run shuffles as an uninterrupted one
         method.train()
@@ -229,7 +291,8 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
             atomic_torch_save({"epoch": epoch, "method": method.trainable_state(), "optimizer": opt.state_dict(),
                                "scheduler": sched.state_dict(), "history": history, "best_acc": best_acc,
                                "best_state": best_state, "stale": stale, "torch_rng": torch.get_rng_state(),
-                               "config": asdict(cfg)}, ckpt)  # never a half-written checkpoint
+                               "config": asdict(cfg), "fingerprint": ident, "steps": steps_log},
+                              ckpt)  # never a half-written checkpoint
         stop = any(cb(row, method) for cb in callbacks)
         if stop or (cfg.patience is not None and stale >= cfg.patience):
             break

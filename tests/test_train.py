@@ -18,7 +18,7 @@ from medkit.backbones import BackboneAdapter
 from medkit.data import Split
 from medkit.data.readers import read_imagefolder
 from medkit.methods import IVLP, CoCoOp, CoOp, MaPLe, VPTDeep, build_vit
-from medkit.train import Data, TrainConfig, encode, fit, lr_factor, predict, seed_everything
+from medkit.train import Data, ResumeError, TrainConfig, encode, fit, lr_factor, predict, seed_everything
 
 # read_imagefolder sorts the class folders: labels 0, 1, 2 are these names in this order;
 # all are single tokens of both tiny tokenizers (see test_prompt_methods.py)
@@ -249,3 +249,28 @@ def test_fit_applies_the_schedule(adapters, split):
     np.testing.assert_allclose(hist.lr, [cfg.lr * lr_factor(e, cfg) for e in range(4)])
     with pytest.raises(TypeError, match="unknown TrainConfig fields"):
         cfg.with_(learning_rate=1.0)
+
+
+def test_resume_refuses_a_checkpoint_of_another_run_and_says_what_differs(adapters, split, tmp_path):
+    """A fixed checkpoint folder reused by another seed, other data with the same class count,
+    or another dataset identity: an error naming the difference, never a silent reuse."""
+    ad = adapters["native"]
+    cfg = TrainConfig(epochs=2, batch_size=6, optimizer="adamw", lr=0.02, warmup_epochs=0)
+    seed_everything(0)
+    m = CoOp(ad, NAMES, n_ctx=4)
+    feats = encode(m, split)
+    fit(m, feats, config=cfg, checkpoint_dir=tmp_path, progress=False, fingerprint={"dataset": "a-1234"})
+    with pytest.raises(ResumeError, match=r"config\.seed: checkpoint 1 vs this run 2"):
+        fit(CoOp(ad, NAMES, n_ctx=4), feats, config=cfg.with_(seed=2), checkpoint_dir=tmp_path, resume=True,
+            progress=False, fingerprint={"dataset": "a-1234"})
+    other = (feats[0], feats[1].flip(0))  # same size and classes, other labels per row
+    with pytest.raises(ResumeError, match=r"train_data"):
+        fit(CoOp(ad, NAMES, n_ctx=4), other, config=cfg, checkpoint_dir=tmp_path, resume=True, progress=False,
+            fingerprint={"dataset": "a-1234"})
+    with pytest.raises(ResumeError, match=r"dataset: checkpoint 'a-1234' vs this run 'b-9999'"):
+        fit(CoOp(ad, NAMES, n_ctx=4), feats, config=cfg, checkpoint_dir=tmp_path, resume=True, progress=False,
+            fingerprint={"dataset": "b-9999"})
+    same = CoOp(ad, NAMES, n_ctx=4)  # the run it belongs to resumes (to its end: nothing left to train)
+    h = fit(same, feats, config=cfg, checkpoint_dir=tmp_path, resume=True, progress=False, fingerprint={"dataset": "a-1234"})
+    assert list(h.epoch) == [1, 2]
+    torch.testing.assert_close(same.trainable_state(), m.trainable_state(), rtol=0, atol=0)
