@@ -47,6 +47,8 @@ TEXT_COLUMNS = ["run_id", "notebook", "dataset", "split", "method", "variant", "
 TRACKED_PACKAGES = ("torch", "torchvision", "open_clip_torch", "timm", "transformers",
                     "numpy", "scikit-learn", "pandas", "matplotlib")
 RESULTS_FILE = "results.csv"
+STATUS_FILE = "status.json"
+RUN_STATES = ("running", "complete", "failed")
 
 
 # --------------------------------------------------------------------------- environment
@@ -184,9 +186,22 @@ def _upgrade_header(f: io.TextIOBase, path: Path, columns: list[str]) -> None:
     f.write(out.getvalue())  # under the lock: no other writer sees the file half rewritten
 
 
-def read_results(root: Path | str = "outputs") -> pd.DataFrame:
+def run_status(path: Path) -> str:
+    status = Path(path) / STATUS_FILE
+    if not status.is_file():
+        return "complete"  # folders made before runs recorded a status, or rows of no folder
+    try:
+        return str(json.loads(status.read_text()).get("state", "running"))
+    except (json.JSONDecodeError, OSError):
+        return "running"  # unreadable: not known to be complete
+
+
+def read_results(root: Path | str = "outputs", complete_only: bool = True, current: "Run | str | None" = None,
+                 say: bool = True) -> pd.DataFrame:
     """All result rows with every column of `result_columns()`; an empty frame when nothing
-    was recorded yet. Rows of the old layout get their fields from its encodings: a split
+    was recorded yet. Rows of runs that did not complete (interrupted, failed, or still
+    running elsewhere) are left out unless `complete_only=False`, and a line says so; the
+    caller's own run (`current`) is kept. Rows of the old layout get their fields from its encodings: a split
     `xray_test` is domain `xray`, split `test`; a split `base`/`novel` is the test split of
     those classes (protocol base_to_novel); a variant `hier. …` is the hierarchical protocol."""
     path = Path(root) / RESULTS_FILE
@@ -194,6 +209,17 @@ def read_results(root: Path | str = "outputs") -> pd.DataFrame:
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame(columns=columns)
     df = pd.read_csv(path, dtype={c: "string" for c in TEXT_COLUMNS})
+    if complete_only and len(df):
+        own = current.id if isinstance(current, Run) else current
+        ids = [i for i in df["run_id"].dropna().unique() if i != own]
+        incomplete = [i for i in ids if run_status(Path(root) / "runs" / str(i)) != "complete"]
+        if incomplete:
+            dropped = df["run_id"].isin(incomplete)
+            if say:
+                print(f"results: ignoring {int(dropped.sum())} rows of {len(incomplete)} incomplete run(s): "
+                      + ", ".join(f"{i} ({run_status(Path(root) / 'runs' / str(i))})" for i in incomplete[:5])
+                      + (" …" if len(incomplete) > 5 else ""))
+            df = df[~dropped].reset_index(drop=True)
     for c in columns:
         if c not in df:
             df[c] = pd.Series(pd.NA, index=df.index, dtype="string" if c in TEXT_COLUMNS else "float64")
@@ -259,6 +285,22 @@ class Run:
         fig.savefig(path, dpi=120, bbox_inches="tight")
         return path
 
+    @property
+    def status(self) -> str:
+        """"running" (made, not finished: interrupted if nothing runs it), "complete" or "failed";
+        a folder from before status files existed counts as complete."""
+        return run_status(self.path)
+
+    def mark(self, state: str, detail: str = "") -> None:
+        if state not in RUN_STATES:
+            raise ValueError(f"state={state!r}: use one of {RUN_STATES}")
+        _write_json(self.path / STATUS_FILE, {"state": state, "updated": datetime.now().isoformat(timespec="seconds"),
+                                              **({"detail": detail} if detail else {})})
+
+    def complete(self) -> None:
+        """Mark the run complete: the last cell of every notebook calls this."""
+        self.mark("complete")
+
     def checkpoint_path(self, name: str) -> Path:
         """Path for a checkpoint file inside this run (the file itself is not created)."""
         return self.checkpoints_dir / sanitise(name)
@@ -305,6 +347,7 @@ def start_run(notebook: str, tag: str, config: Mapping[str, Any], root: Path | s
     (path / "checkpoints").mkdir()
     run = Run(path=path, notebook=notebook, root=root)
     _write_json(path / "config.json", {**json_safe(dict(config)), "_meta": _run_meta(run.id, notebook)})
+    run.mark("running")
     return run
 
 

@@ -80,6 +80,8 @@ def test_results_accumulate_with_exact_columns(tmp_path):
     b.add_result(dataset="implants", split="test", method="linear probe", shots=16, seed=1, acc=0.75)
     text = (tmp_path / "results.csv").read_text().splitlines()
     assert text[0] == ",".join(RESULT_COLUMNS) and len(text) == 3
+    a.complete()
+    b.complete()
     df = read_results(tmp_path)
     assert list(df.columns) == RESULT_COLUMNS and len(df) == 2
     assert df["run_id"].tolist() == [a.id, b.id]
@@ -115,3 +117,19 @@ def test_concurrent_appends_keep_one_header(tmp_path):
     df = read_results(tmp_path)
     assert len(df) == 50 and (df["method"] == "m, with comma").all()
     assert (tmp_path / "results.csv").read_text().count("run_id") == 1
+
+
+def test_tables_leave_out_rows_of_incomplete_runs_and_say_so(tmp_path, capsys):
+    done, cut, failed = (start_run(n, "t", {}, root=tmp_path) for n in ("nb02", "nb03", "nb04"))
+    for run, acc in ((done, 0.5), (cut, 0.6), (failed, 0.7)):
+        run.add_result(dataset="d", method="m", acc=acc)
+    done.complete()
+    failed.mark("failed", "ValueError: broken")
+    assert done.status == "complete" and cut.status == "running" and failed.status == "failed"
+    assert read_results(tmp_path)["acc"].tolist() == [0.5]
+    said = capsys.readouterr().out
+    assert f"ignoring 2 rows of 2 incomplete run(s): {cut.id} (running), {failed.id} (failed)" in said
+    assert read_results(tmp_path, current=cut)["acc"].tolist() == [0.5, 0.6]  # a notebook reads its own rows
+    assert len(read_results(tmp_path, complete_only=False)) == 3
+    with pytest.raises(ValueError, match="state='done'"):
+        done.mark("done")
