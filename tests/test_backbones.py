@@ -113,3 +113,31 @@ def test_miniclip_pretrains_once_and_reloads_identically(tmp_path):
         torch.testing.assert_close(again.encode_text(ids), model.encode_text(ids))
     # a different config is a different cache entry, never a stale hit
     assert miniclip.cache_dir(cfg, tmp_path) != miniclip.cache_dir(miniclip.PRESETS["miniclip-smoke"], tmp_path)
+
+
+def test_a_killed_miniclip_pretraining_resumes_from_its_last_epoch_bit_identically(tmp_path, monkeypatch, capsys):
+    """The one-off build checkpoints every epoch and prints a line per epoch headless: a kill
+    during epoch 2 loses only that epoch, and the resumed weights equal an uninterrupted run's."""
+    from dataclasses import replace
+
+    cfg = replace(miniclip.PRESETS["miniclip-smoke"], n_images=64, batch_size=32, epochs=2)
+    whole, _ = miniclip.pretrain(cfg, progress=False)
+
+    state = tmp_path / "pretrain_state.pt"
+    real_say = miniclip.say_epoch
+
+    def killed_in_epoch_2(progress, what, epoch, *rest):
+        real_say(progress, what, epoch, *rest)
+        if epoch == 1:
+            raise KeyboardInterrupt  # killed before epoch 2's checkpoint
+    monkeypatch.setattr(miniclip, "say_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        miniclip.pretrain(cfg, progress="lines", state_path=state)
+    assert "pretraining MiniCLIP: epoch 1/2 loss" in capsys.readouterr().out
+    assert torch.load(state, weights_only=False)["epoch"] == 0
+    monkeypatch.setattr(miniclip, "say_epoch", real_say)
+    resumed, history = miniclip.pretrain(cfg, progress="lines", state_path=state)
+    out = capsys.readouterr().out
+    assert "resuming after epoch 1/2" in out and "epoch 2/2" in out and "epoch 1/2 loss" not in out
+    assert [h["epoch"] for h in history] == [0, 0, 1, 1]
+    torch.testing.assert_close(miniclip.trainable_state(resumed), miniclip.trainable_state(whole), rtol=0, atol=0)

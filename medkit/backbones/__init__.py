@@ -15,7 +15,26 @@ from pathlib import Path
 from .adapter import BackboneAdapter, HFTextAdapter, OpenCLIPNativeAdapter, wrap
 from .miniclip import PRESETS as MINICLIP_PRESETS
 
-__all__ = ["BackboneAdapter", "HFTextAdapter", "OpenCLIPNativeAdapter", "load_backbone", "wrap"]
+__all__ = ["BackboneAdapter", "HFTextAdapter", "OpenCLIPNativeAdapter", "build_offline", "load_backbone", "wrap"]
+
+
+def build_offline(names: list[str], data_root: str | Path = "data", progress: bool | str = "lines") -> list[str]:
+    """Build (or find cached) the offline stand-ins among `names` — MiniCLIP presets and
+    supervised ViT stand-ins — outside any notebook: the workbook runner calls this first, so
+    a one-off pretraining never runs under papermill's cell timeout, prints a line per epoch
+    headless, and resumes from its last epoch after a kill. Returns the names it built."""
+    from . import miniclip, supervised
+
+    built = []
+    for name in dict.fromkeys(names):
+        if name in MINICLIP_PRESETS:
+            miniclip.load_or_train(name, root=data_root, progress=progress)
+        elif name in supervised.PRESETS:
+            supervised.load_or_train(supervised.PRESETS[name], root=data_root, progress=progress)
+        else:
+            continue  # hub checkpoints download where they are used
+        built.append(name)
+    return built
 
 
 def load_backbone(name: str, pretrained: str | None = None, device: str = "cpu",

@@ -225,8 +225,42 @@ def _caption_features(model: nn.Module, tok, captions: list[str], progress: bool
     return torch.cat(out)
 
 
-def pretrain(cfg: MiniCLIPConfig, progress: bool = True) -> tuple[nn.Module, list[dict]]:
-    """Align a fresh image tower to locked MiniLM; returns the model and the loss history."""
+def load_resume_point(path: Path | None, key: str) -> dict | None:
+    """The epoch checkpoint of an interrupted pretraining of config `key`, if there is one."""
+    if path is None or not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state if state.get("key") == key else None  # another config's leftovers: start over
+
+
+def loop_state(opt: torch.optim.Optimizer, sched, gen: torch.Generator, epoch: int, history: list[dict]) -> dict:
+    """What a pretraining loop needs to continue exactly after `epoch` (besides its weights)."""
+    return {"epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history}
+
+
+def restore_loop(state: dict, opt: torch.optim.Optimizer, sched, gen: torch.Generator) -> tuple[list[dict], int]:
+    """Put a loop back where `loop_state` left it; returns (history, the next epoch)."""
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["history"], state["epoch"] + 1
+
+
+def say_epoch(progress: bool | str, what: str, epoch: int, epochs: int, loss: float, seconds: float) -> None:
+    """Headless progress: one flushed line per epoch (tqdm bars print nothing under papermill)."""
+    if progress == "lines":
+        print(f"{what}: epoch {epoch + 1}/{epochs} loss {loss:.3f} · {seconds:.0f}s", flush=True)
+
+
+def pretrain(cfg: MiniCLIPConfig, progress: bool | str = True, state_path: Path | None = None
+             ) -> tuple[nn.Module, list[dict]]:
+    """Align a fresh image tower to locked MiniLM; returns the model and the loss history.
+
+    With `state_path`, every finished epoch is checkpointed there and a later call resumes
+    from it (bit-identical to an uninterrupted run). `progress`: True → a tqdm bar,
+    "lines" → a printed line per epoch, False → silent."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     tok = tokenizer(cfg)
@@ -245,11 +279,20 @@ def pretrain(cfg: MiniCLIPConfig, progress: bool = True) -> tuple[nn.Module, lis
         opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
+    start_epoch = 0
+    resumed = load_resume_point(state_path, cfg.key)
+    if resumed is not None:
+        model.load_state_dict(resumed["model"], strict=False)  # the locked MiniLM loads from the package
+        aux.load_state_dict(resumed["aux"])
+        history, start_epoch = restore_loop(resumed, opt, sched, gen)
+        if progress:
+            print(f"pretraining MiniCLIP: resuming after epoch {start_epoch}/{cfg.epochs} from {state_path}", flush=True)
     model.train()
     model.text.transformer.eval()  # locked: no dropout in the text tower
-    start = time.time()
-    bar = tqdm(total=total, desc="pretraining MiniCLIP", disable=not progress, mininterval=5)
-    for epoch in range(cfg.epochs):
+    start = time.time() - (history[-1]["seconds"] if history else 0.0)
+    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc="pretraining MiniCLIP",
+               disable=progress is not True, mininterval=5)
+    for epoch in range(start_epoch, cfg.epochs):
         order = torch.randperm(cfg.n_images, generator=gen)
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
@@ -274,6 +317,10 @@ def pretrain(cfg: MiniCLIPConfig, progress: bool = True) -> tuple[nn.Module, lis
             history.append({"step": len(history), "epoch": epoch, "loss": loss.item(), "seconds": time.time() - start})
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        say_epoch(progress, "pretraining MiniCLIP", epoch, cfg.epochs, history[-1]["loss"], history[-1]["seconds"])
+        if state_path is not None:
+            atomic_torch_save({"key": cfg.key, "model": trainable_state(model), "aux": aux.state_dict(),
+                               **loop_state(opt, sched, gen, epoch, history)}, state_path)
     bar.close()
     model.eval()
     return model, history
@@ -289,24 +336,26 @@ def cache_dir(cfg: MiniCLIPConfig, root: Path | str = "data") -> Path:
     return Path(root) / "miniclip" / f"v{MINICLIP_VERSION}-{cfg.key}"
 
 
-def load_or_train(preset: str = "miniclip", root: Path | str = "data", progress: bool = True,
+def load_or_train(preset: str = "miniclip", root: Path | str = "data", progress: bool | str = True,
                   **overrides) -> tuple[nn.Module, MiniCLIPConfig, Path]:
-    """Load a cached MiniCLIP, pretraining it first if absent (written atomically)."""
+    """Load a cached MiniCLIP, pretraining it first if absent (written atomically; an
+    interrupted pretraining resumes from its last epoch, `pretrain_state.pt`)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown MiniCLIP preset {preset!r}; choose from {sorted(PRESETS)}")
     cfg = replace(PRESETS[preset], **overrides)
     folder = cache_dir(cfg, root)
     weights = folder / "weights.pt"
     if not weights.is_file():
-        with torch.random.fork_rng():  # the same global RNG afterwards whether cached or trained
-            model, history = pretrain(cfg, progress)
         folder.mkdir(parents=True, exist_ok=True)
+        with torch.random.fork_rng():  # the same global RNG afterwards whether cached or trained
+            model, history = pretrain(cfg, progress, folder / "pretrain_state.pt")
         (folder / "config.json").write_text(json.dumps({"preset": preset, "miniclip": asdict(cfg),
                                                          "open_clip": open_clip_config(cfg)}, indent=1))
         import pandas as pd
 
         pd.DataFrame(history).to_csv(folder / "history.csv", index=False)
         atomic_torch_save(trainable_state(model), weights)  # the weights appear only when complete
+        (folder / "pretrain_state.pt").unlink(missing_ok=True)
         return model, cfg, folder
     model = build_model(cfg)
     missing, unexpected = model.load_state_dict(torch.load(weights, map_location="cpu"), strict=False)

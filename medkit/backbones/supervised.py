@@ -62,10 +62,12 @@ def build_trunk(preset: str = "miniclip", seed: int = 0) -> nn.Module:
                                  **_stem_kwargs(cfg))
 
 
-def pretrain(cfg: SupervisedConfig, progress: bool = True) -> tuple[nn.Module, list[dict]]:
+def pretrain(cfg: SupervisedConfig, progress: bool | str = True, state_path: Path | None = None
+             ) -> tuple[nn.Module, list[dict]]:
+    """Supervised cue classification; epoch checkpoints in `state_path` resume a killed run."""
     from medkit.data.synthetic.cues import CUE_VALUES
 
-    from .miniclip import PRESETS, _pretraining_set
+    from .miniclip import PRESETS, _pretraining_set, load_resume_point, loop_state, restore_loop, say_epoch
 
     clip_cfg = replace(PRESETS[cfg.preset], n_images=cfg.n_images, seed=cfg.seed + 100)
     images, _, _, cue_index = _pretraining_set(clip_cfg, progress)
@@ -77,10 +79,18 @@ def pretrain(cfg: SupervisedConfig, progress: bool = True) -> tuple[nn.Module, l
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(cfg.seed)
     cues = torch.from_numpy(cue_index)
-    history, start = [], time.time()
+    history, start_epoch = [], 0
+    resumed = load_resume_point(state_path, cfg.key)
+    if resumed is not None:
+        trunk.load_state_dict(resumed["trunk"])
+        heads.load_state_dict(resumed["heads"])
+        history, start_epoch = restore_loop(resumed, opt, sched, gen)
+    start = time.time() - (history[-1]["seconds"] if history else 0.0)
     trunk.train()
-    bar = tqdm(total=steps, desc="pretraining supervised ViT stand-in", disable=not progress, mininterval=5)
-    for epoch in range(cfg.epochs):
+    per_epoch = math.ceil(cfg.n_images / cfg.batch_size)
+    bar = tqdm(total=steps, initial=start_epoch * per_epoch, desc="pretraining supervised ViT stand-in",
+               disable=progress is not True, mininterval=5)
+    for epoch in range(start_epoch, cfg.epochs):
         order = torch.randperm(cfg.n_images, generator=gen)
         for b in range(0, cfg.n_images, cfg.batch_size):
             idx = order[b:b + cfg.batch_size]
@@ -93,11 +103,17 @@ def pretrain(cfg: SupervisedConfig, progress: bool = True) -> tuple[nn.Module, l
             sched.step()
             history.append({"step": len(history), "epoch": epoch, "loss": float(loss.detach()), "seconds": time.time() - start})
             bar.update()
+        say_epoch(progress, "pretraining supervised ViT stand-in", epoch, cfg.epochs, history[-1]["loss"],
+                  history[-1]["seconds"])
+        if state_path is not None:
+            atomic_torch_save({"key": cfg.key, "trunk": trunk.state_dict(), "heads": heads.state_dict(),
+                               **loop_state(opt, sched, gen, epoch, history)}, state_path)
     bar.close()
     return trunk.eval(), history
 
 
-def load_or_train(cfg: SupervisedConfig = SupervisedConfig(), root: Path | str = "data", progress: bool = True) -> nn.Module:
+def load_or_train(cfg: SupervisedConfig = SupervisedConfig(), root: Path | str = "data",
+                  progress: bool | str = True) -> nn.Module:
     folder = Path(root) / "vit_supervised" / f"v{VERSION}-{cfg.key}"
     weights = folder / "weights.pt"
     if weights.is_file():
@@ -106,12 +122,13 @@ def load_or_train(cfg: SupervisedConfig = SupervisedConfig(), root: Path | str =
         return trunk.eval()
     # Training here must not move the global RNG: a run that finds the cache and one that
     # trains first would otherwise initialise the classifier after it differently.
-    with torch.random.fork_rng():
-        trunk, history = pretrain(cfg, progress)
     folder.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng():
+        trunk, history = pretrain(cfg, progress, folder / "pretrain_state.pt")
     (folder / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     import pandas as pd
 
     pd.DataFrame(history).to_csv(folder / "history.csv", index=False)
     atomic_torch_save(trunk.state_dict(), weights)  # appears only when complete
+    (folder / "pretrain_state.pt").unlink(missing_ok=True)
     return trunk
