@@ -13,9 +13,22 @@ cache holds for them), so no image is encoded twice. The runner takes a *task*
 (`medkit.tasks`) that scores the logits and names the metric columns; rows carry their
 own fields (`medkit.runs`). Every run keeps its history (`histories/`) and the method's
 trained parameters (`checkpoints/`) in the run folder.
+
+Resume: training checkpoints into the run folder (`train_state/<run>/last.pt`, removed once
+the run is kept), each carrying a fingerprint of the method, its configuration, seed,
+dataset identity, training rows and backbone. Running a notebook again in the same run
+folder (`python -m medkit workbook --resume`) restores every finished run from
+`checkpoints/` (a fingerprint mismatch is an error), continues the interrupted one from its
+last epoch, and appends no row to results.csv twice (`recorded.txt` lists the rows written).
+
+Why one module: build, train, restore, evaluate, record and the selections they run on are
+one lifecycle over one run folder; split apart, each half would need the other's internals.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -39,7 +52,7 @@ from medkit.protocols import (SEEDS, SHOTS, base_novel_classes, few_shot, group_
 from medkit.runs import Run, result_columns, sanitise
 from medkit.selection import EvalPart, Part, Selection, step_budget
 from medkit.tasks import SINGLE_LABEL, Task
-from medkit.train import fit, predict, seed_everything
+from medkit.train import ResumeError, fit, predict, seed_everything
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,15 @@ class Experiment:
         self.resources = {"descriptions": dataset.descriptions, "data_root": data_root, **(resources or {})}
         self.views, self.log = views, log
         self._memo: dict[tuple, tuple] = {}  # data-free runs: (metrics, logits, labels, eval_s, (method, scorer))
+        self._recorded: set[str] = set()  # rows of this run folder already in results.csv
+        if run is not None:
+            ledger = run.path / "recorded.txt"
+            if ledger.is_file():
+                self._recorded = set(ledger.read_text().splitlines())
+            if dataset.meta.get("derived_split") is not None:  # the split this run used: reuse it, cite it
+                path = run.path / "splits" / f"split_{sanitise(dataset.id)}.json"
+                if not path.is_file():
+                    dataset.save_split(path)
 
     # ------------------------------------------------------------------ features
     @cached_property
@@ -195,22 +217,58 @@ class Experiment:
 
     def _tag(self, setting: Setting, sel: Selection, seed: int | None, suffix: str = "") -> str:
         k = f"_K{sel.shots}" if sel.shots is not None else ""
-        return f"{sanitise(self.dataset.name)}/{setting.id}_{sel.protocol}{suffix}{k}_s{seed}"
+        return f"{sanitise(self.dataset.key)}/{setting.id}_{sel.protocol}{suffix}{k}_s{seed}"
+
+    def fingerprint(self, setting: Setting, sel: Selection, seed: int | None) -> dict[str, Any]:
+        """What a checkpoint of this run belongs to (fit adds the method's shapes and config)."""
+        rows = hashlib.blake2b(digest_size=8)
+        for part in (sel.train, sel.val):
+            rows.update("\n".join(f"{s.path}|{s.array_index}|{s.label}" for s in part.split.samples).encode() + b"#")
+        return {"setting": setting.id, "seed": seed, "dataset": self.dataset.key, "protocol": sel.protocol,
+                "shots": sel.shots, "rows": rows.hexdigest(), "backbone": getattr(self.adapter, "name", None)}
+
+    def _restore(self, method: nn.Module, tag: str, fingerprint: dict) -> pd.DataFrame | None:
+        """A run this folder already finished: its trained state and history, or None."""
+        if self.run is None:
+            return None
+        ckpt, hist = self.run.checkpoints_dir / f"{tag}.pt", self.run.path / "histories" / f"{tag}.csv"
+        if not (ckpt.is_file() and hist.is_file()):
+            return None
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        wanted = json.loads(json.dumps(fingerprint, default=str))
+        if saved.get("fingerprint") != wanted:
+            diff = sorted(k for k in set(wanted) | set(saved.get("fingerprint") or {})
+                          if (saved.get("fingerprint") or {}).get(k) != wanted.get(k))
+            raise ResumeError(f"{ckpt}: a finished run of another configuration sits under this run's name "
+                              f"(differs in {diff}); move the run folder aside to start over")
+        method.load_trainable_state(saved["state"])
+        history = pd.read_csv(hist).drop(columns=["method", "variant", "seed"], errors="ignore")
+        steps = hist.with_name(f"{hist.stem}_steps.csv")
+        history.attrs["steps"] = pd.read_csv(steps) if steps.is_file() else pd.DataFrame()
+        method.eval()
+        return history
 
     def train(self, method: nn.Module, setting: Setting, seed: int | None, sel: Selection,
-              progress: bool | str = False) -> pd.DataFrame | None:
-        """prepare → fit (if the method trains by gradient) → finish."""
+              progress: bool | str = False, tag: str | None = None) -> pd.DataFrame | None:
+        """prepare → fit (if the method trains by gradient; restored when this run folder
+        already finished it, resumed when it was interrupted) → finish."""
         if _overrides(method, "prepare"):
             method.prepare(self._frozen(method, sel.train), self._frozen(method, sel.val))
         history = None
         if method.trains_by_gradient:
             cfg = self.config(setting, seed, sel)
-            train = self._inputs(method, sel.train)
-            if cfg.augment and sel.train_views is not None and method.uses_cached_features:
-                train = sel.train_views
-            val = self._cap(setting, sel, sel.val) if sel.family == "full" else sel.val
-            history = fit(method, train, self._inputs(method, val), cfg, progress=progress, cache=self.cache,
-                          desc=f"{setting.method} {setting.variant} s{seed}")
+            tag = tag or self._tag(setting, sel, seed)
+            fp = self.fingerprint(setting, sel, seed)
+            history = self._restore(method, tag, fp)
+            if history is None:
+                train = self._inputs(method, sel.train)
+                if cfg.augment and sel.train_views is not None and method.uses_cached_features:
+                    train = sel.train_views
+                val = self._cap(setting, sel, sel.val) if sel.family == "full" else sel.val
+                state_dir = self.run.path / "train_state" / tag if self.run is not None else None
+                history = fit(method, train, self._inputs(method, val), cfg, progress=progress, cache=self.cache,
+                              desc=f"{setting.method} {setting.variant} s{seed}", checkpoint_dir=state_dir,
+                              resume=state_dir is not None, fingerprint=fp)
         if _overrides(method, "finish"):
             method.finish(self._frozen(method, sel.val))
         return history
@@ -238,6 +296,7 @@ class Experiment:
                 log: bool = True) -> Outcome:
         """One setting × seed on one selection; its rows go to results.csv."""
         keys = [(setting.id, part.name, part.classes, sel.protocol, ci_resamples) for part in sel.evals]
+        tag = self._tag(setting, sel, seed, "_groups" if sel.evals and sel.evals[0].classes == "groups" else "")
         # a method that neither prepares nor trains gives the same logits whatever the training
         # rows: it is built and evaluated once per evaluation set and its rows repeated (zero-shot
         # in a K × seed grid)
@@ -253,7 +312,7 @@ class Experiment:
             method = self.build(setting, sel.labels.classnames, seed)
             if init is not None:
                 init(method)
-            history = None if data_free else self.train(method, setting, seed, sel, progress)
+            history = None if data_free else self.train(method, setting, seed, sel, progress, tag)
             train_s = 0.0 if data_free else time.time() - t
             # methods for other label sets (novel classes) are built before any evaluation, so the
             # global RNG they are built under does not depend on what was evaluated first
@@ -269,37 +328,39 @@ class Experiment:
                     self._memo[key] = (metrics, logits, y, eval_s, (method, scorer))
             outputs[(part.name, part.classes)] = (logits, y)
             rows.append(self._row(setting, variant or setting.variant, sel, part, seed, metrics,
-                                  train_s if scorer is method else 0.0, eval_s))  # transferred: trained elsewhere
-        self._keep(method, history, setting, sel, seed, variant)
+                                  train_s if scorer is method else 0.0, eval_s, tag))  # transferred: trained elsewhere
+        self._keep(method, history, setting, sel, seed, variant, tag)
         if log:
-            self.log(f"{self.dataset.name} · {sel.protocol}{f' K={sel.shots}' if sel.shots else ''} · {setting.method} · "
+            self.log(f"{self.dataset.key} · {sel.protocol}{f' K={sel.shots}' if sel.shots else ''} · {setting.method} · "
                      f"{variant or setting.variant} · seed {seed}: "
                      + ", ".join(f"{r['split']}/{r['classes']} {self.task.primary} {r[self.task.primary]:.3f}" for r in rows)
                      + f" · {train_s:.1f}s")
         return Outcome(setting, seed, sel.shots, rows, history, method, outputs)
 
     def _row(self, setting: Setting, variant: str, sel: Selection, part: EvalPart, seed: int | None, metrics: dict,
-             train_s: float, eval_s: float) -> dict:
+             train_s: float, eval_s: float, tag: str = "") -> dict:
         backbone = getattr(self.adapter, "name", None) or setting.full_options.get("weights", "")
-        row = {"dataset": self.dataset.name, "domain": self.dataset.domain or "", "split": part.name,
+        row = {"dataset": self.dataset.id, "domain": self.dataset.domain or "", "split": part.name,
                "classes": part.classes, "protocol": sel.protocol, "task": self.task.name, "method": setting.method,
                "variant": variant, "setting_id": setting.id, "options": setting.options_json, "backbone": backbone,
                "shots": sel.shots, "seed": seed, **{k: metrics.get(k) for k in self.task.columns},
                "train_s": round(train_s, 2), "eval_s": round(eval_s, 2)}
         if part.classes == "groups" and "group_acc" in row:
             row["group_acc"] = row["acc"]  # the labels are the groups: group accuracy is accuracy
-        if self.run is not None:
+        key = f"{tag}|{part.name}|{part.classes}|{variant}"
+        if self.run is not None and key not in self._recorded:  # a resumed run does not append its rows twice
             columns = set(result_columns())
             self.run.add_result(**{k: v for k, v in row.items() if k in columns})
+            self._recorded.add(key)
+            with open(self.run.path / "recorded.txt", "a") as f:
+                f.write(key + "\n")
         return {**row, **{k: v for k, v in metrics.items() if k not in row}}
 
     def _keep(self, method: nn.Module, history: pd.DataFrame | None, setting: Setting, sel: Selection,
-              seed: int | None, variant: str | None) -> None:
+              seed: int | None, variant: str | None, tag: str) -> None:
         """The run folder keeps every run's history and the method's trained parameters."""
         if self.run is None:
             return
-        suffix = "_groups" if sel.evals and sel.evals[0].classes == "groups" else ""
-        tag = self._tag(setting, sel, seed, suffix)
         if history is not None and len(history):
             path = self.run.path / "histories" / f"{tag}.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -309,8 +370,10 @@ class Experiment:
                 steps.to_csv(path.with_name(f"{path.stem}_steps.csv"), index=False)
         state = method.trainable_state()
         if state and (method.trains_by_gradient or _overrides(method, "prepare")):
+            fp = json.loads(json.dumps(self.fingerprint(setting, sel, seed), default=str))
             atomic_torch_save({"setting": setting.id, "method": setting.method, "options": setting.options_json,
-                               "seed": seed, "state": state}, self.run.checkpoints_dir / f"{tag}.pt")
+                               "seed": seed, "state": state, "fingerprint": fp}, self.run.checkpoints_dir / f"{tag}.pt")
+        shutil.rmtree(self.run.path / "train_state" / tag, ignore_errors=True)  # kept: no resume point needed
 
     # ------------------------------------------------------------------ selections
     def full_selection(self, eval_splits: Sequence[str] = ("val", "test"), protocol: str = "full") -> Selection:
@@ -323,8 +386,8 @@ class Experiment:
     def few_shot_selection(self, k: int, seed: int) -> Selection:
         splits, idx = few_shot(self.dataset.splits, k, seed)
         if self.run is not None:
-            save_indices(self.run.path / "fewshot_indices" / f"{sanitise(self.dataset.name)}_K{k}_s{seed}.json", idx,
-                         {"dataset": self.dataset.name, "shots": k, "seed": seed})
+            save_indices(self.run.path / "fewshot_indices" / f"{sanitise(self.dataset.key)}_K{k}_s{seed}.json", idx,
+                         {"dataset": self.dataset.id, "domain": self.dataset.domain, "shots": k, "seed": seed})
         f = self.features
         views = f["train_views"].take(idx["train"]) if "train_views" in f else None
         test = EvalPart("test", "all", self.dataset.labels, self._whole("test"))

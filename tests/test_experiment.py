@@ -45,7 +45,7 @@ def test_few_shot_grid_rows_indices_and_zero_shot_repeats(tiny_dataset, adapters
     run = start_run("07_test", "smoke", {}, tmp_path / "out")
     ex = experiment(run, tiny_dataset, adapters, tmp_path)
     outs = ex.few_shot(SETTINGS, shots=[1, 2], seeds=[1, 2])
-    df = read_results(tmp_path / "out")
+    df = read_results(tmp_path / "out", current=run)  # its own rows, while it runs
     expected = (len(SETTINGS) - 1) * 2 * 2 + 1 * 2       # CILMP only at K=1
     assert len(outs) == len(df) == expected
     assert list(df.columns[:len(RESULT_COLUMNS)]) == RESULT_COLUMNS
@@ -248,3 +248,45 @@ def test_training_a_cached_stand_in_leaves_the_global_rng_alone(tmp_path):
     torch.manual_seed(7)
     supervised.load_or_train(cfg, root=tmp_path, progress=False)  # loads
     assert torch.equal(torch.rand(3), after_training)
+
+
+def test_running_again_in_the_same_run_folder_restores_finished_runs_and_writes_no_row_twice(
+        tiny_dataset, adapters, tmp_path, one_thread, monkeypatch):
+    """What `workbook --resume` relies on: a notebook re-executed in its run folder restores
+    every finished run (same trained state, same metrics, no training) and appends nothing."""
+    import medkit.experiment as experiment_module
+    from medkit.train import ResumeError
+
+    run = start_run("03_test", "smoke", {}, tmp_path / "out")
+    first = experiment(run, tiny_dataset, adapters, tmp_path).few_shot([COOP], shots=[1], seeds=[1])
+    rows_before = read_results(tmp_path / "out", current=run)
+    assert not list((run.path / "train_state").glob("*/*")), "a kept run leaves no resume point behind"
+
+    monkeypatch.setattr(experiment_module, "fit", lambda *a, **k: pytest.fail("trained a finished run again"))
+    again = experiment(run, tiny_dataset, adapters, tmp_path).few_shot([COOP], shots=[1], seeds=[1])
+    assert again[0].row["acc"] == first[0].row["acc"]
+    torch.testing.assert_close(again[0].method.trainable_state(), first[0].method.trainable_state(), rtol=0, atol=0)
+    pd.testing.assert_frame_equal(again[0].history.drop(columns="seconds"), first[0].history.drop(columns="seconds"),
+                                  check_dtype=False)
+    assert len(read_results(tmp_path / "out", current=run)) == len(rows_before)
+
+    # the finished checkpoint of another configuration under this run's name is refused, not reused
+    ckpt = next(run.checkpoints_dir.rglob("*.pt"))
+    saved = torch.load(ckpt, weights_only=False)
+    saved["fingerprint"]["seed"] = 99
+    torch.save(saved, ckpt)
+    with pytest.raises(ResumeError, match=r"differs in \['seed'\]"):
+        experiment(run, tiny_dataset, adapters, tmp_path).few_shot([COOP], shots=[1], seeds=[1])
+
+
+def test_a_derived_split_is_saved_in_the_run_folder_and_reads_back(tmp_path, adapters, one_thread):
+    from medkit.data import load_dataset
+    from userdata import imagefolder
+
+    ds = load_dataset(imagefolder(tmp_path / "mine"), data_root=tmp_path / "data", progress=False)
+    run = start_run("02_test", "smoke", {}, tmp_path / "out")
+    Experiment(run, ds, adapters["native"], "smoke", FeatureCache(tmp_path / "cache"), log=lambda s: None)
+    saved = run.path / "splits" / f"split_{ds.id}.json"
+    assert json.loads(saved.with_suffix(".recipe.json").read_text())["dataset"] == ds.id
+    back = load_dataset(saved, data_root=tmp_path / "data", progress=False)
+    assert back.split_json() == ds.split_json()
