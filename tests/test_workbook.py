@@ -25,9 +25,16 @@ def test_notebooks_are_committed_clean_with_a_parameters_cell():
             assert f"{name} =" in params[0].source, f"{book.name}: parameter {name} missing"
 
 
-def test_smoke_workbook_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory) -> Path:
+    """A data root made fresh for this module: the first workbook builds its backbones and
+    worlds there, later ones reuse them (as a user's second run does)."""
+    return tmp_path_factory.mktemp("smoke_data")
+
+
+def test_smoke_workbook_end_to_end(tmp_path, smoke_data):
     """Every notebook runs headless on the smoke profile in a fresh data and outputs root."""
-    outputs, data = tmp_path / "outputs", tmp_path / "data"
+    outputs, data = tmp_path / "outputs", smoke_data
     results = run_workbook("smoke", notebooks_dir=REPO / "notebooks", outputs_root=outputs, data_root=data)
     names = [r.notebook.name for r in results]
     assert names == sorted(names) and "00_synthetic_world.ipynb" in names and "02_zero_shot.ipynb" in names
@@ -73,7 +80,79 @@ def test_failure_names_notebook_and_cell(tmp_path):
     nbformat.write(nb, books / "07_broken.ipynb")
     nbformat.write(nbformat.v4.new_notebook(), books / "08_never_reached.ipynb")
     with pytest.raises(WorkbookError, match=r"07_broken\.ipynb failed in cell \d+.*ValueError: broken on purpose"):
-        run_workbook("smoke", notebooks_dir=books, outputs_root=tmp_path / "out", data_root=tmp_path / "data")
+        run_workbook("smoke", notebooks_dir=books, outputs_root=tmp_path / "out", data_root=tmp_path / "data",
+                     prebuild=False)
     assert not (tmp_path / "out" / "executed" / "08_never_reached.ipynb").exists()
     with pytest.raises(WorkbookError, match="no notebooks"):
         list_notebooks(books, only=["99"])
+
+
+def _book(folder: Path, name: str, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "tiny"\ninteractive = True\nrun_dir = ""\noutputs_root = "outputs"\n'
+                                       'data_root = "data"')
+    params.metadata["tags"] = ["parameters"]
+    opening = ("from pathlib import Path\nfrom medkit.runs import notebook_run\n"
+               f"run = notebook_run({name[:-6]!r}, profile, {{}}, run_dir, outputs_root)\n")
+    nb.cells = [params, nbformat.v4.new_code_cell(opening + body), nbformat.v4.new_code_cell("run.complete()")]
+    nbformat.write(nb, folder / name)
+
+
+def test_resume_after_a_kill_continues_from_the_last_finished_notebook(tmp_path):
+    """The kernel dies mid-notebook: its run folder is failed, its rows are ignored by readers;
+    --resume skips what finished, runs the dead one again in its own folder, then the rest."""
+    from medkit.runs import read_results, run_status
+
+    books, out, marks = tmp_path / "nbs", tmp_path / "out", tmp_path / "marks"
+    books.mkdir()
+    marks.mkdir()
+    _book(books, "01_first.ipynb", f"open({str(marks / 'first')!r}, 'a').write('ran\\n')")
+    _book(books, "02_dies.ipynb",
+          "run.add_result(dataset='d', method='m', acc=0.5)\n"
+          f"flag = Path({str(marks / 'died')!r})\n"
+          "if not flag.exists():\n    flag.touch()\n    import os\n    os._exit(9)  # killed mid-notebook")
+    _book(books, "03_last.ipynb", "run.add_result(dataset='d', method='last', acc=1.0)")
+    with pytest.raises(WorkbookError, match=r"02_dies\.ipynb failed"):
+        run_workbook("smoke", notebooks_dir=books, outputs_root=out, prebuild=False)
+    state = json.loads((out / "workbook.json").read_text())
+    assert [v["state"] for v in state["notebooks"].values()] == ["complete", "failed", "pending"]
+    dead = Path(state["notebooks"]["02_dies.ipynb"]["run_dir"])
+    assert run_status(dead) == "failed"
+    assert read_results(out, say=False).method.tolist() == []  # the dead run's row is not read
+    assert read_results(out, complete_only=False).method.tolist() == ["m"]
+
+    with pytest.raises(WorkbookError, match="ran profile 'smoke', not 'tiny'"):
+        run_workbook("tiny", notebooks_dir=books, outputs_root=out, resume=True, prebuild=False)
+    done = run_workbook(None, notebooks_dir=books, outputs_root=out, resume=True, prebuild=False)
+    assert [r.notebook.name for r in done] == ["02_dies.ipynb", "03_last.ipynb"]
+    assert done[0].executed.parent == dead and run_status(dead) == "complete"
+    assert (marks / "first").read_text() == "ran\n"  # the finished notebook did not run again
+    state = json.loads((out / "workbook.json").read_text())
+    assert [v["state"] for v in state["notebooks"].values()] == ["complete"] * 3
+    assert set(read_results(out, say=False).method) == {"m", "last"}  # the resumed run is read once complete
+
+
+def test_a_users_imagefolder_and_csv_without_splits_run_through_the_notebooks(tmp_path, smoke_data):
+    """A new user's data as the README offers it: by the `datasets` parameter alone, 02, 03
+    and 07 run on an ImageFolder and a CSV manifest that have no splits, and write rows,
+    confusion matrices and the split they derived for each."""
+    from userdata import imagefolder, manifest_without_split
+
+    from medkit.data import load_dataset
+
+    paths = [imagefolder(tmp_path / "xrays"), manifest_without_split(tmp_path / "clinic")]
+    ids = [load_dataset(p, data_root=smoke_data, progress=False).id for p in paths]
+    outputs = tmp_path / "outputs"
+    results = run_workbook("smoke", only=["02", "03", "07"], notebooks_dir=REPO / "notebooks", outputs_root=outputs,
+                           data_root=smoke_data, extra_parameters={"datasets": [str(p) for p in paths]})
+    df = pd.read_csv(outputs / "results.csv")
+    for notebook in ("02_zero_shot", "03_coop", "07_knowledge_fewshot"):
+        assert set(df[df.notebook == notebook].dataset) == set(ids), notebook
+    for notebook, stem in (("02_zero_shot", "confusion_{}_"), ("03_coop", "confusion_{}")):
+        folder = _run_of(results, notebook)
+        for ds_id in ids:
+            assert list((folder / "figures").glob(stem.format(ds_id) + "*.png")), f"{notebook}: no confusion matrix of {ds_id}"
+            assert (folder / "splits" / f"split_{ds_id}.json").is_file()
+        assert json.loads((folder / "status.json").read_text())["state"] == "complete"
+    table = json.loads((_run_of(results, "03_coop") / "metrics.json").read_text())["table"]
+    assert {"zeroshot", "coop"} <= {r["method"] for r in table}  # the study table keeps its zero-shot rows
