@@ -59,20 +59,25 @@ def vit_settings(families: Sequence[str]) -> list[Setting]:
             for mode in ("full", "head")]
 
 
-def zero_shot_settings(dataset: Dataset) -> list[Setting]:
+def zero_shot_settings(dataset: Dataset, templates: Sequence[str] = ()) -> list[Setting]:
     """The prompt kinds of the zero-shot notebooks (00, 02), labelled as they always were:
-    the implant study's best hand-crafted template with the class name, a template
-    ensemble, and the class's description ensemble where the dataset has one."""
-    out = [Setting("zeroshot", "name_study_template", {"templates": [study_template_for(dataset.labels.has_groups)]}),
-           Setting("zeroshot", "name_template_ensemble", {"templates": list(TEMPLATE_ENSEMBLE)})]
+    the implant study's best hand-crafted template with the class name (or the user's
+    `templates`, `{}` standing for the class name), a template ensemble, and the class's
+    description ensemble where the dataset has one."""
+    for t in templates:
+        if "{}" not in t:
+            raise ValueError(f"template {t!r} has no {{}} for the class name")
+    first = (Setting("zeroshot", "name_own_templates", {"templates": list(templates)}) if templates else
+             Setting("zeroshot", "name_study_template", {"templates": [study_template_for(dataset.labels.has_groups)]}))
+    out = [first, Setting("zeroshot", "name_template_ensemble", {"templates": list(TEMPLATE_ENSEMBLE)})]
     if dataset.descriptions:
         out.append(Setting("zeroshot", "descriptions", {"ensembles": Ref("descriptions")}))
     return out
 
 
-def study_zero_shot(dataset: Dataset) -> Setting:
-    """The study's hand-crafted zero-shot baseline of the tables of 03–06."""
-    return zero_shot_settings(dataset)[0]
+def study_zero_shot(dataset: Dataset, templates: Sequence[str] = ()) -> Setting:
+    """The study's hand-crafted zero-shot baseline of the tables of 03–06 (or the user's templates)."""
+    return zero_shot_settings(dataset, templates)[0]
 
 
 # --------------------------------------------------------------------------- few-shot (07, 08)

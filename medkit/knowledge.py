@@ -335,7 +335,7 @@ def dataset_knowledge(dataset, data_root: str | Path = "data", folder: str | Pat
     # keyed by the classes and their sentences: edited descriptions never meet stale tensors
     digest = hashlib.blake2b(json.dumps([[c, list(dataset.descriptions[c])] for c in classnames]).encode(),
                              digest_size=5).hexdigest()
-    target = Path(data_root) / "knowledge" / f"{sanitise(dataset.name)}-minilm-{digest}"
+    target = Path(data_root) / "knowledge" / f"{sanitise(dataset.id)}-minilm-{digest}"
     if (target / INDEX_FILE).is_file():
         return LLMRepresentations.load(target, classnames)
     reps = minilm_representations(classnames, dataset.descriptions, progress=progress)

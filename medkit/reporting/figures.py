@@ -48,7 +48,7 @@ def sample_grid(dataset: Dataset, split: str = "train", per_class: int = 1, max_
     titles = [names[dataset[split].samples[i].label] + (f"\n{group_of[names[dataset[split].samples[i].label]]}"
                                                         if group_of else "") for i in idx]
     return plot_sample_grid([ds.image(i) for i in idx], titles, ncols=ncols,
-                            title=title or f"{dataset.name} ({dataset.domain or 'real'})")
+                            title=title or f"{dataset.id} ({dataset.domain or 'real'})")
 
 
 def descriptions_table(dataset: Dataset, classes: Sequence[str] | None = None, n: int = 3, n_outliers: int = 3) -> pd.DataFrame:
@@ -89,7 +89,7 @@ def confusion_figure(outcome: Outcome, dataset: Dataset, title: str = "") -> Fig
     cm = confusion(outcome.test_labels.numpy(), outcome.test_logits.argmax(1).numpy(), labels.n_classes)
     s = outcome.setting
     return plot_confusion(cm, labels.classnames, _groups(dataset), title=title or
-                          f"{dataset.name} · {s.method} ({s.variant}) · test, seed {outcome.seed}")
+                          f"{dataset.id} · {s.method} ({s.variant}) · test, seed {outcome.seed}")
 
 
 @torch.no_grad()
