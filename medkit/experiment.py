@@ -27,7 +27,6 @@ one lifecycle over one run folder; split apart, each half would need the other's
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from medkit.methods.base import MethodBase
 from medkit.profiles import Profile, get_profile
 from medkit.protocols import (SEEDS, SHOTS, base_novel_classes, few_shot, group_label_space, relabel_to_groups,
                               restrict, save_indices, spread, subsample_per_class)
-from medkit.runs import Run, result_columns, sanitise
+from medkit.runs import Run, json_safe, result_columns, sanitise
 from medkit.selection import EvalPart, Part, Selection, step_budget
 from medkit.tasks import SINGLE_LABEL, Task
 from medkit.train import ResumeError, fit, predict, seed_everything
@@ -224,10 +223,10 @@ class Experiment:
         rows = hashlib.blake2b(digest_size=8)
         for part in (sel.train, sel.val):
             rows.update("\n".join(f"{s.path}|{s.array_index}|{s.label}" for s in part.split.samples).encode() + b"#")
-        return {"setting": setting.id, "seed": seed, "dataset": self.dataset.key, "protocol": sel.protocol,
-                "shots": sel.shots, "rows": rows.hexdigest(), "backbone": getattr(self.adapter, "name", None)}
+        return json_safe({"setting": setting.id, "seed": seed, "dataset": self.dataset.key, "protocol": sel.protocol,
+                          "shots": sel.shots, "rows": rows.hexdigest(), "backbone": getattr(self.adapter, "name", None)})
 
-    def _restore(self, method: nn.Module, tag: str, fingerprint: dict) -> pd.DataFrame | None:
+    def _restore(self, method: nn.Module, tag: str, wanted: dict) -> pd.DataFrame | None:
         """A run this folder already finished: its trained state and history, or None."""
         if self.run is None:
             return None
@@ -235,7 +234,6 @@ class Experiment:
         if not (ckpt.is_file() and hist.is_file()):
             return None
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-        wanted = json.loads(json.dumps(fingerprint, default=str))
         if saved.get("fingerprint") != wanted:
             diff = sorted(k for k in set(wanted) | set(saved.get("fingerprint") or {})
                           if (saved.get("fingerprint") or {}).get(k) != wanted.get(k))
@@ -249,7 +247,7 @@ class Experiment:
         return history
 
     def train(self, method: nn.Module, setting: Setting, seed: int | None, sel: Selection,
-              progress: bool | str = False, tag: str | None = None) -> pd.DataFrame | None:
+              progress: bool | str = False, tag: str | None = None, fp: dict | None = None) -> pd.DataFrame | None:
         """prepare → fit (if the method trains by gradient; restored when this run folder
         already finished it, resumed when it was interrupted) → finish."""
         if _overrides(method, "prepare"):
@@ -258,7 +256,7 @@ class Experiment:
         if method.trains_by_gradient:
             cfg = self.config(setting, seed, sel)
             tag = tag or self._tag(setting, sel, seed)
-            fp = self.fingerprint(setting, sel, seed)
+            fp = fp or self.fingerprint(setting, sel, seed)
             history = self._restore(method, tag, fp)
             if history is None:
                 train = self._inputs(method, sel.train)
@@ -302,6 +300,7 @@ class Experiment:
         # in a K × seed grid)
         cls = get_spec(setting.method).cls
         data_free = init is None and not (cls.trains_by_gradient or _overrides(cls, "prepare") or _overrides(cls, "finish"))
+        fp = None if data_free else self.fingerprint(setting, sel, seed)  # computed once: train and keep use it
         if data_free and all(k in self._memo for k in keys):
             method, history, train_s = self._memo[keys[0]][-1][0], None, 0.0
             scored = [self._memo[k][-1][1] for k in keys]
@@ -312,7 +311,7 @@ class Experiment:
             method = self.build(setting, sel.labels.classnames, seed)
             if init is not None:
                 init(method)
-            history = None if data_free else self.train(method, setting, seed, sel, progress, tag)
+            history = None if data_free else self.train(method, setting, seed, sel, progress, tag, fp)
             train_s = 0.0 if data_free else time.time() - t
             # methods for other label sets (novel classes) are built before any evaluation, so the
             # global RNG they are built under does not depend on what was evaluated first
@@ -329,7 +328,7 @@ class Experiment:
             outputs[(part.name, part.classes)] = (logits, y)
             rows.append(self._row(setting, variant or setting.variant, sel, part, seed, metrics,
                                   train_s if scorer is method else 0.0, eval_s, tag))  # transferred: trained elsewhere
-        self._keep(method, history, setting, sel, seed, variant, tag)
+        self._keep(method, history, setting, sel, seed, variant, tag, fp)
         if log:
             self.log(f"{self.dataset.key} · {sel.protocol}{f' K={sel.shots}' if sel.shots else ''} · {setting.method} · "
                      f"{variant or setting.variant} · seed {seed}: "
@@ -357,7 +356,7 @@ class Experiment:
         return {**row, **{k: v for k, v in metrics.items() if k not in row}}
 
     def _keep(self, method: nn.Module, history: pd.DataFrame | None, setting: Setting, sel: Selection,
-              seed: int | None, variant: str | None, tag: str) -> None:
+              seed: int | None, variant: str | None, tag: str, fp: dict | None) -> None:
         """The run folder keeps every run's history and the method's trained parameters."""
         if self.run is None:
             return
@@ -370,7 +369,6 @@ class Experiment:
                 steps.to_csv(path.with_name(f"{path.stem}_steps.csv"), index=False)
         state = method.trainable_state()
         if state and (method.trains_by_gradient or _overrides(method, "prepare")):
-            fp = json.loads(json.dumps(self.fingerprint(setting, sel, seed), default=str))
             atomic_torch_save({"setting": setting.id, "method": setting.method, "options": setting.options_json,
                                "seed": seed, "state": state, "fingerprint": fp}, self.run.checkpoints_dir / f"{tag}.pt")
         shutil.rmtree(self.run.path / "train_state" / tag, ignore_errors=True)  # kept: no resume point needed

@@ -212,12 +212,13 @@ def read_results(root: Path | str = "outputs", complete_only: bool = True, curre
     if complete_only and len(df):
         own = current.id if isinstance(current, Run) else current
         ids = [i for i in df["run_id"].dropna().unique() if i != own]
-        incomplete = [i for i in ids if run_status(Path(root) / "runs" / str(i)) != "complete"]
+        states = {i: run_status(Path(root) / "runs" / str(i)) for i in ids}
+        incomplete = [i for i, state in states.items() if state != "complete"]
         if incomplete:
             dropped = df["run_id"].isin(incomplete)
             if say:
                 print(f"results: ignoring {int(dropped.sum())} rows of {len(incomplete)} incomplete run(s): "
-                      + ", ".join(f"{i} ({run_status(Path(root) / 'runs' / str(i))})" for i in incomplete[:5])
+                      + ", ".join(f"{i} ({states[i]})" for i in incomplete[:5])
                       + (" …" if len(incomplete) > 5 else ""))
             df = df[~dropped].reset_index(drop=True)
     for c in columns:

@@ -217,7 +217,8 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
     history: list[dict] = []
     best_acc, best_state, stale, start_epoch = -1.0, None, 0, 0
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
-    ident = json_safe(run_fingerprint(method, train, cfg, fingerprint))
+    # only a checkpointed run needs to know what it is (hashing the data costs a pass over it)
+    ident = json_safe(run_fingerprint(method, train, cfg, fingerprint)) if ckpt is not None else None
     steps_log: list[dict] = []  # every optimizer step's loss and named terms
     if resume and ckpt is not None and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=False)

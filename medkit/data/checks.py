@@ -128,8 +128,7 @@ def verify_images(paths: Sequence[Path], problems: Problems, cache_dir: Path | N
         w, h = verdict["size"]
         if min(w, h) < TINY_SIDE:
             problems.warn(f"tiny images (a side under {TINY_SIDE} px)", f"{path} ({w}×{h})")
-        if intensity == "range" and verdict.get("max") is not None and 0 < verdict["max"] < 4096 \
-                and verdict["mode"] != "I;8":
+        if intensity == "range" and verdict.get("max") is not None and 0 < verdict["max"] < 4096:
             problems.warn("high-bit-depth images using under 1/16 of their range (they will look dark; "
                           "intensity='stretch' stretches each image)", f"{path} (max {verdict['max']})")
     if cache_file is not None and new:

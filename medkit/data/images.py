@@ -70,17 +70,13 @@ def to_uint8(arr: np.ndarray, intensity: str = "range") -> np.ndarray:
         else range_to_uint8(arr)
 
 
-def _pil_array(im: Image.Image) -> np.ndarray:
-    # "I;16*" modes: numpy gets the right width and byte order from Pillow's array interface
-    return np.asarray(im)
-
-
 def to_rgb(im: Image.Image, intensity: str = "range") -> Image.Image:
     """Convert any PIL mode to RGB under the intensity policy."""
     if im.mode == "RGB":
         return im
     if im.mode in _HIGH_DEPTH_MODES:
-        return Image.fromarray(to_uint8(_pil_array(im), intensity)).convert("RGB")
+        # "I;16*" modes: numpy gets the right width and byte order from Pillow's array interface
+        return Image.fromarray(to_uint8(np.asarray(im), intensity)).convert("RGB")
     if im.mode == "P":
         # A palette with a transparent index behaves like RGBA; without one it is plain colour.
         im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
