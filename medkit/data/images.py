@@ -161,6 +161,9 @@ class ImageDataset(torch.utils.data.Dataset):
             return load_image(s.path, self.intensity)
         return array_to_rgb(self._array(s.path)[s.array_index], self.intensity)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        """(image, label) — for a multi-label sample the target vector `[C]` (1 / 0 / -1)."""
         img = self.image(index)
-        return (self.transform(img) if self.transform is not None else img), self.split.samples[index].label
+        sample = self.split.samples[index]
+        target = sample.label if sample.targets is None else torch.as_tensor(sample.targets, dtype=torch.long)
+        return (self.transform(img) if self.transform is not None else img), target

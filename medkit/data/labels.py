@@ -17,6 +17,8 @@ class LabelSpace:
     classnames: tuple[str, ...]
     group_of: Mapping[str, str] | None = None
 
+    multilabel = False  # MultiLabelSpace: any number of findings per image
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "classnames", tuple(self.classnames))
         if len(set(self.classnames)) != len(self.classnames):
@@ -61,6 +63,46 @@ class LabelSpace:
 
 
 @dataclass(frozen=True)
+class MultiLabelSpace(LabelSpace):
+    """Findings of a multi-label dataset (any number per image, "No Finding" when none).
+
+    `synonyms`: alternative names per finding (matched case- and punctuation-blind, as
+    CheXzero keeps them); `seen`: the findings a training label space also has, after
+    matching (`medkit.data.findings.match_label_spaces`); None until matched. `train_name`
+    maps each seen finding to the training dataset's name for it.
+    """
+
+    synonyms: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    seen: tuple[str, ...] | None = None
+    train_name: Mapping[str, str] = field(default_factory=dict)
+
+    multilabel = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "synonyms", {k: tuple(v) for k, v in dict(self.synonyms).items()})
+        object.__setattr__(self, "train_name", dict(self.train_name))
+        if self.seen is not None:
+            unknown = [c for c in self.seen if c not in self.classnames]
+            if unknown:
+                raise ValueError(f"seen findings not in the label space: {unknown[:5]}")
+            object.__setattr__(self, "seen", tuple(self.seen))
+
+    def subset_index(self, which: str) -> list[int]:
+        """Column indices of `seen`, `unseen` or `all` findings."""
+        if which == "all":
+            return list(range(self.n_classes))
+        if self.seen is None:
+            raise ValueError("this label space has not been matched to a training label space (seen is None)")
+        seen = set(self.seen)
+        if which == "seen":
+            return [i for i, c in enumerate(self.classnames) if c in seen]
+        if which == "unseen":
+            return [i for i, c in enumerate(self.classnames) if c not in seen]
+        raise ValueError(f"subset {which!r}: use 'seen', 'unseen' or 'all'")
+
+
+@dataclass(frozen=True)
 class Sample:
     """One labelled image on disk (or inside an array file, see `array_index`)."""
 
@@ -69,6 +111,13 @@ class Sample:
     classname: str
     group: str | None = None
     array_index: int | None = None  # row inside a MedMNIST-style .npz, else None
+    #: multi-label images: one entry per class of the label space, 1 (present), 0 (absent) or
+    #: -1 (unknown: uncertain under the `mask` policy, or not annotated), which every loss and
+    #: metric masks. Single-label samples leave it None. A multi-label sample's `label` is -1
+    #: and its `classname` the positive findings joined by "|" ("" when none).
+    targets: tuple[int, ...] | None = None
+    view: str | None = None  # "frontal" / "lateral" where the dataset says
+    text: str | None = None  # a report or caption paired with the image (contrastive training)
 
 
 @dataclass
@@ -84,7 +133,14 @@ class Split:
         return len(self.samples)
 
     @property
-    def targets(self) -> list[int]:
+    def multilabel(self) -> bool:
+        return bool(self.samples) and self.samples[0].targets is not None
+
+    @property
+    def targets(self) -> list[int] | list[tuple[int, ...]]:
+        """Labels (single-label) or per-class target vectors `[N][C]` (multi-label)."""
+        if self.multilabel:
+            return [s.targets for s in self.samples]
         return [s.label for s in self.samples]
 
 
