@@ -41,7 +41,7 @@ from torch import nn
 from medkit.atomic import atomic_torch_save
 from medkit.backbones import BackboneAdapter
 from medkit.config import TrainConfig
-from medkit.data import Dataset
+from medkit.data import Dataset, LabelSpace
 from medkit.features import CachedFeatures, FeatureCache, adapter_encoder
 from medkit.methods import Ref, get_spec, options_json, setting_id
 from medkit.methods.base import MethodBase
@@ -98,13 +98,23 @@ class Outcome:
         """The test row (for base-to-novel: the base classes')."""
         return next((r for r in self.rows if r["split"] == "test"), self.rows[-1])
 
+    def _test_output(self) -> tuple[torch.Tensor, torch.Tensor]:
+        row = self.row
+        if row.get("train_dataset"):  # a multi-label part (one output for its all / seen / unseen rows)
+            return self.outputs[(f"{row['dataset']}:{row['split']}", "all")]
+        return self.outputs[(row["split"], row["classes"])]
+
     @property
     def test_logits(self) -> torch.Tensor:
-        return self.outputs[(self.row["split"], self.row["classes"])][0]
+        return self._test_output()[0]
 
     @property
     def test_labels(self) -> torch.Tensor:
-        return self.outputs[(self.row["split"], self.row["classes"])][1]
+        return self._test_output()[1]
+
+    def output(self, dataset: str, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, targets) of a multi-label run on one evaluation dataset."""
+        return self.outputs[(f"{dataset}:{split}", "all")]
 
 
 def _overrides(method: nn.Module | type, hook: str) -> bool:
@@ -130,6 +140,45 @@ def inherit_from_groups(stage2: nn.Module, stage1: nn.Module, class_to_group: Se
                 raise ValueError(f"{name}: stage-1 shape {tuple(value.shape)} cannot seed stage 2 {tuple(dst[name].shape)}")
 
 
+class ColumnMap(nn.Module):
+    """A multi-label method trained on one label space, scoring another through the synonym
+    match: each seen finding reads the score of its training finding; unseen ones are NaN
+    (no score, so the task gives their subsets no row). For methods tied to their training
+    findings (a probe, class-specific contexts)."""
+
+    def __init__(self, method: nn.Module, target: LabelSpace, trained_on: LabelSpace) -> None:
+        super().__init__()
+        self.method = method
+        self.uses_cached_features = method.uses_cached_features
+        self.eval_in_one_batch = getattr(method, "eval_in_one_batch", False)
+        self.index = [trained_on.index(target.train_name[c]) if c in (target.seen or ()) else -1
+                      for c in target.classnames]
+
+    def image_encoder(self):
+        return self.method.image_encoder()
+
+    @property
+    def adapter(self):
+        return self.method.adapter
+
+    def precompute_text(self) -> torch.Tensor | None:
+        return self.method.precompute_text()
+
+    def forward(self, x: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        scores = self.method(x, text_features=text_features)
+        index = torch.as_tensor([max(i, 0) for i in self.index], device=scores.device)
+        out = scores[:, index]
+        out[:, torch.as_tensor(self.index, device=scores.device) < 0] = float("nan")
+        return out
+
+
+def _relabelled(split, space: LabelSpace):
+    """The split under a matched label space (same samples and targets, `seen` filled in)."""
+    from medkit.data import Split
+
+    return Split(split.name, split.samples, space, dict(split.meta))
+
+
 class Experiment:
     """One dataset on one backbone under one profile and task: any number of runs."""
 
@@ -150,7 +199,7 @@ class Experiment:
                 self._recorded = set(ledger.read_text().splitlines())
             if dataset.meta.get("derived_split") is not None:  # the split this run used: reuse it, cite it
                 path = run.path / "splits" / f"split_{sanitise(dataset.id)}.json"
-                if not path.is_file():
+                if not (path.is_file() or path.with_suffix(".csv").is_file()):  # multi-label splits are a CSV
                     dataset.save_split(path)
 
     # ------------------------------------------------------------------ features
@@ -201,7 +250,7 @@ class Experiment:
         n = get_spec(setting.method).budget(self.profile.name, setting.options).eval_images.get(sel.family)
         if n is None:
             return part
-        if sel.family == "full":
+        if sel.family == "full" and not part.split.multilabel:
             return Part(subsample_per_class(part.split, max(1, round(n / sel.cap_classes))), None)
         rows = spread(len(part.split), n)
         return part.rows(rows) if len(rows) < len(part.split) else part
@@ -222,7 +271,8 @@ class Experiment:
         """What a checkpoint of this run belongs to (fit adds the method's shapes and config)."""
         rows = hashlib.blake2b(digest_size=8)
         for part in (sel.train, sel.val):
-            rows.update("\n".join(f"{s.path}|{s.array_index}|{s.label}" for s in part.split.samples).encode() + b"#")
+            rows.update("\n".join(f"{s.path}|{s.array_index}|{s.label}|{s.targets}" for s in part.split.samples).encode()
+                        + b"#")
         return json_safe({"setting": setting.id, "seed": seed, "dataset": self.dataset.key, "protocol": sel.protocol,
                           "shots": sel.shots, "rows": rows.hexdigest(), "backbone": getattr(self.adapter, "name", None)})
 
@@ -272,16 +322,34 @@ class Experiment:
         return history
 
     def evaluate(self, method: nn.Module, setting: Setting, sel: Selection, part: EvalPart,
-                 ci_resamples: int = 0) -> tuple[dict, torch.Tensor, torch.Tensor, float]:
+                 ci_resamples: int = 0) -> tuple[list[tuple[str, dict]], torch.Tensor, torch.Tensor, float]:
+        """Scores of one part: a (classes, metrics) pair per row the task makes of it (one,
+        or a multi-label part's all / seen / unseen), its logits and labels, and the time."""
         t = time.time()
         logits, y = predict(method, self._inputs(method, self._cap(setting, sel, part.data)), cache=self.cache)
-        return self.task.metrics(logits, y, part.labels, ci_resamples=ci_resamples), logits, y, time.time() - t
+        calibration = None
+        if part.calibration is not None:
+            calibration = predict(method, self._inputs(method, self._cap(setting, sel, part.calibration)),
+                                  cache=self.cache)
+        scored = []
+        for classes, columns in self.task.subsets(part.labels):
+            metrics = self.task.metrics(logits, y, part.labels, ci_resamples=ci_resamples, calibration=calibration,
+                                        columns=columns)
+            if metrics:
+                scored.append((classes or part.classes, metrics))
+        return scored, logits, y, time.time() - t
 
-    def transfer(self, setting: Setting, trained: nn.Module, classnames: Sequence[str], seed: int | None) -> nn.Module:
+    def transfer(self, setting: Setting, trained: nn.Module, labels: LabelSpace | Sequence[str],
+                 seed: int | None) -> nn.Module:
         """The trained method on other classes: rebuilt for them with its trained parameters
-        loaded — which only works when none of them is indexed by class."""
-        fresh = self.build(setting, classnames, seed)
+        loaded — which only works when none of them is indexed by class. A multi-label
+        method tied to its training findings scores an evaluation dataset's seen findings
+        through the synonym match (`ColumnMap`) and has no score for unseen ones."""
+        labels = labels if isinstance(labels, LabelSpace) else LabelSpace(tuple(labels))
+        fresh = self.build(setting, labels.classnames, seed)
         if not get_spec(setting.method).novel_classes or fresh.class_indexed_parameters():
+            if getattr(labels, "seen", None) is not None:
+                return ColumnMap(trained, labels, self.dataset.labels).eval()
             raise ValueError(f"{setting.method} · {setting.variant}: its trained parameters are tied to the base "
                              "classes; base-to-novel needs a class-agnostic method (shared context, meta-net, …)")
         state = trained.trainable_state()
@@ -293,7 +361,7 @@ class Experiment:
                 ci_resamples: int = 0, init: Callable[[nn.Module], None] | None = None, variant: str | None = None,
                 log: bool = True) -> Outcome:
         """One setting × seed on one selection; its rows go to results.csv."""
-        keys = [(setting.id, part.name, part.classes, sel.protocol, ci_resamples) for part in sel.evals]
+        keys = [(setting.id, part.dataset, part.name, part.classes, sel.protocol, ci_resamples) for part in sel.evals]
         tag = self._tag(setting, sel, seed, "_groups" if sel.evals and sel.evals[0].classes == "groups" else "")
         # a method that neither prepares nor trains gives the same logits whatever the training
         # rows: it is built and evaluated once per evaluation set and its rows repeated (zero-shot
@@ -315,38 +383,43 @@ class Experiment:
             train_s = 0.0 if data_free else time.time() - t
             # methods for other label sets (novel classes) are built before any evaluation, so the
             # global RNG they are built under does not depend on what was evaluated first
-            scored = [method if part.labels is sel.labels else self.transfer(setting, method, part.labels.classnames, seed)
+            scored = [method if part.labels is sel.labels else self.transfer(setting, method, part.labels, seed)
                       for part in sel.evals]
         rows, outputs = [], {}
         for part, scorer, key in zip(sel.evals, scored, keys):
             if data_free and key in self._memo:
-                metrics, logits, y, eval_s, _ = self._memo[key]
+                per_subset, logits, y, eval_s, _ = self._memo[key]
             else:
-                metrics, logits, y, eval_s = self.evaluate(scorer, setting, sel, part, ci_resamples)
+                per_subset, logits, y, eval_s = self.evaluate(scorer, setting, sel, part, ci_resamples)
                 if data_free:
-                    self._memo[key] = (metrics, logits, y, eval_s, (method, scorer))
-            outputs[(part.name, part.classes)] = (logits, y)
-            rows.append(self._row(setting, variant or setting.variant, sel, part, seed, metrics,
-                                  train_s if scorer is method else 0.0, eval_s, tag))  # transferred: trained elsewhere
+                    self._memo[key] = (per_subset, logits, y, eval_s, (method, scorer))
+            outputs[part.key] = (logits, y)
+            trained_here = scorer is method or isinstance(scorer, ColumnMap)
+            for classes, metrics in per_subset:  # transferred: trained elsewhere
+                rows.append(self._row(setting, variant or setting.variant, sel, part, seed, metrics,
+                                      train_s if trained_here else 0.0, eval_s, tag, classes))
         self._keep(method, history, setting, sel, seed, variant, tag, fp)
         if log:
             self.log(f"{self.dataset.key} · {sel.protocol}{f' K={sel.shots}' if sel.shots else ''} · {setting.method} · "
                      f"{variant or setting.variant} · seed {seed}: "
-                     + ", ".join(f"{r['split']}/{r['classes']} {self.task.primary} {r[self.task.primary]:.3f}" for r in rows)
+                     + ", ".join(f"{r['dataset'] + ':' if r.get('train_dataset') else ''}{r['split']}/{r['classes']} "
+                                 f"{self.task.primary} {r[self.task.primary]:.3f}" for r in rows)
                      + f" · {train_s:.1f}s")
         return Outcome(setting, seed, sel.shots, rows, history, method, outputs)
 
     def _row(self, setting: Setting, variant: str, sel: Selection, part: EvalPart, seed: int | None, metrics: dict,
-             train_s: float, eval_s: float, tag: str = "") -> dict:
+             train_s: float, eval_s: float, tag: str = "", classes: str | None = None) -> dict:
         backbone = getattr(self.adapter, "name", None) or setting.full_options.get("weights", "")
-        row = {"dataset": self.dataset.id, "domain": self.dataset.domain or "", "split": part.name,
-               "classes": part.classes, "protocol": sel.protocol, "task": self.task.name, "method": setting.method,
+        classes = classes or part.classes
+        row = {"dataset": part.dataset or self.dataset.id, "domain": self.dataset.domain or "", "split": part.name,
+               "classes": classes, "train_dataset": self.dataset.id if part.dataset else "", "protocol": sel.protocol, "task": self.task.name, "method": setting.method,
                "variant": variant, "setting_id": setting.id, "options": setting.options_json, "backbone": backbone,
                "shots": sel.shots, "seed": seed, **{k: metrics.get(k) for k in self.task.columns},
                "train_s": round(train_s, 2), "eval_s": round(eval_s, 2)}
-        if part.classes == "groups" and "group_acc" in row:
+        if classes == "groups" and "group_acc" in row:
             row["group_acc"] = row["acc"]  # the labels are the groups: group accuracy is accuracy
-        key = f"{tag}|{part.name}|{part.classes}|{variant}"
+        where = part.name if part.dataset is None else f"{part.dataset}:{part.name}"
+        key = f"{tag}|{where}|{classes}|{variant}"
         if self.run is not None and key not in self._recorded:  # a resumed run does not append its rows twice
             columns = set(result_columns())
             self.run.add_result(**{k: v for k, v in row.items() if k in columns})
@@ -415,6 +488,26 @@ class Experiment:
         return Selection("base_to_novel", "few_shot", train.split.labels, train.rows(idx["train"]),
                          val.rows(idx["val"]), evals, k, views)
 
+    def multilabel_selection(self, eval_datasets: Sequence[Dataset] = (), match: str = "synonyms") -> Selection:
+        """Train on this dataset's train split (validate on its val); score its test split
+        and every evaluation dataset's test split, whose findings are matched to the training
+        ones (`medkit.data.findings.match_label_spaces`: by synonyms, or `match="exact"`, the
+        PsPG code's lower-cased string match) into seen and unseen. Each part's F1 / MCC
+        thresholds are chosen on that dataset's own validation split."""
+        from medkit.data.findings import match_label_spaces
+
+        d = self.dataset
+        if not d.labels.multilabel:
+            raise ValueError(f"{d.name} is single-label: the multi-label selection needs a multi-label dataset")
+        own = EvalPart("test", "all", d.labels, Part(d.splits["test"]), d.id, Part(d.splits["val"]))
+        parts = [own]
+        for other in eval_datasets:
+            space = match_label_spaces(d.labels, other.labels, how=match)
+            parts.append(EvalPart("test", "all", space, Part(_relabelled(other.splits["test"], space)), other.id,
+                                  Part(_relabelled(other.splits["val"], space)) if "val" in other.splits else None))
+        return Selection("multilabel", "full", d.labels, Part(d.splits["train"]), Part(d.splits["val"]), parts,
+                         cap_classes=d.labels.n_classes)
+
     def group_selection(self, eval_splits: Sequence[str] = ("val", "test")) -> Selection:
         d = self.dataset
         if not d.labels.has_groups:
@@ -425,6 +518,13 @@ class Experiment:
                          [EvalPart(s, "groups", space, Part(g[s])) for s in eval_splits], cap_classes=d.labels.n_classes)
 
     # ------------------------------------------------------------------ grids
+    def multilabel(self, settings: Sequence[Setting], seeds: Sequence[int | None], eval_datasets: Sequence[Dataset] = (),
+                   match: str = "synonyms", progress: bool | str = False) -> list[Outcome]:
+        """Every setting × seed trained on this multi-label dataset, scored on its test split and
+        on every evaluation dataset (rows per dataset × all / seen / unseen findings)."""
+        sel = self.multilabel_selection(eval_datasets, match)
+        return [self.run_one(s, seed, sel, progress) for s in settings for seed in seeds]
+
     def full(self, settings: Sequence[Setting], seeds: Sequence[int | None], eval_splits: Sequence[str] = ("val", "test"),
              progress: bool | str = False, ci_resamples: int = 0) -> list[Outcome]:
         """Every setting × seed trained on the full training split."""

@@ -59,6 +59,20 @@ def adapter_encoder(adapter) -> ImageEncoder:
                         "clip_image_normalized", adapter.preprocess, adapter.preprocess_train)
 
 
+def adapter_token_encoder(adapter) -> ImageEncoder:
+    """The pooled feature and the local tokens of a backbone adapter, projected into the
+    joint space (`encode_image_tokens`), flattened to `[N, (1 + T) · E]` so that a cache
+    entry stays a matrix (views stack as `[V, N, …]`); methods reshape with
+    `tokens_view(features, embed_dim)`. DualCoOp and PsPG share one entry."""
+    return ImageEncoder(lambda x: adapter.encode_image_tokens(x).float().flatten(1), adapter.model.visual,
+                        "clip_image_tokens", adapter.preprocess, adapter.preprocess_train)
+
+
+def tokens_view(features: torch.Tensor, embed_dim: int) -> torch.Tensor:
+    """`[B, (1 + T) · E]` cached token features as `[B, 1 + T, E]`."""
+    return features.reshape(features.shape[0], -1, embed_dim)
+
+
 def as_encoder(source) -> ImageEncoder:
     """An `ImageEncoder` from a method (`image_encoder()`), an adapter, or itself."""
     if isinstance(source, ImageEncoder):

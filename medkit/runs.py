@@ -41,7 +41,7 @@ LEGACY_COLUMNS = [
     "acc", "top3", "f1_macro", "auc", "kappa", "group_acc", "train_s", "eval_s",
 ]
 # appended after the legacy ones, so a reader of the old layout finds its columns where they were
-ROW_FIELDS = ["task", "domain", "protocol", "classes", "setting_id", "options"]
+ROW_FIELDS = ["task", "domain", "protocol", "classes", "setting_id", "options", "train_dataset"]
 RESULT_COLUMNS = LEGACY_COLUMNS + ROW_FIELDS
 TEXT_COLUMNS = ["run_id", "notebook", "dataset", "split", "method", "variant", "backbone", *ROW_FIELDS]
 TRACKED_PACKAGES = ("torch", "torchvision", "open_clip_torch", "timm", "transformers",
@@ -223,7 +223,8 @@ def read_results(root: Path | str = "outputs", complete_only: bool = True, curre
             df = df[~dropped].reset_index(drop=True)
     for c in columns:
         if c not in df:
-            df[c] = pd.Series(pd.NA, index=df.index, dtype="string" if c in TEXT_COLUMNS else "float64")
+            df[c] = (pd.Series(pd.NA, index=df.index, dtype="string") if c in TEXT_COLUMNS
+                     else pd.Series(np.nan, index=df.index, dtype="float64"))
     return legacy_fields(df)[columns + [c for c in df.columns if c not in columns]]
 
 

@@ -27,10 +27,22 @@ class Part:
 
 @dataclass
 class EvalPart:
+    """What a run is scored on. `dataset`: the id of another dataset this part comes from
+    (multi-label transfer to evaluation datasets; None: the run's own dataset).
+    `calibration`: validation data of the same label space, for metrics whose thresholds are
+    chosen on validation (multi-label F1 / MCC)."""
+
     name: str  # train | val | test
     classes: str  # all | base | novel | groups
     labels: LabelSpace
     data: Part
+    dataset: str | None = None
+    calibration: Part | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Where the part's (logits, labels) sit in `Outcome.outputs`."""
+        return (self.name, self.classes) if self.dataset is None else (f"{self.dataset}:{self.name}", self.classes)
 
 
 @dataclass

@@ -23,7 +23,12 @@ class Task(Protocol):
     primary: str
 
     def metrics(self, logits: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray, labels: LabelSpace,
-                ci_resamples: int = 0, seed: int = 0) -> dict[str, Any]: ...
+                ci_resamples: int = 0, seed: int = 0, calibration: tuple | None = None,
+                columns: list[int] | None = None) -> dict[str, Any]: ...
+
+    def subsets(self, labels: LabelSpace) -> list[tuple[str | None, list[int] | None]]:
+        """The rows one evaluation gives: (classes field or None to keep the part's, columns)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -35,8 +40,12 @@ class SingleLabel:
     columns: tuple[str, ...] = ("acc", "top3", "f1_macro", "auc", "kappa", "group_acc")
     primary: str = "acc"
 
+    def subsets(self, labels: LabelSpace) -> list[tuple[str | None, list[int] | None]]:
+        return [(None, None)]
+
     def metrics(self, logits: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray, labels: LabelSpace,
-                ci_resamples: int = 0, seed: int = 0) -> dict[str, Any]:
+                ci_resamples: int = 0, seed: int = 0, calibration: tuple | None = None,
+                columns: list[int] | None = None) -> dict[str, Any]:
         c2g = labels.class_to_group_index() if labels.has_groups else None
         y = np.asarray(targets)
         scores = logits.detach().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
@@ -46,8 +55,57 @@ class SingleLabel:
         return out
 
 
+def _numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+@dataclass(frozen=True)
+class MultiLabel:
+    """Any number of findings per image; scores are log-odds (sigmoid = probability) and
+    targets 1 / 0 / -1 (unknown, masked). One evaluation gives a row per label subset: `all`,
+    and for a label space matched to the training one (`MultiLabelSpace.seen`) `seen` and
+    `unseen` (generalised zero-shot). A subset whose scores are not all finite (a probe on
+    seen findings has no score for unseen ones) gives no row.
+
+    Columns: macro AUROC over findings with positives and negatives, micro AUROC, mean
+    average precision (sklearn's AP, named `map`), the reference's PR-curve trapezoid as its
+    own column (`map_pr_trapezoid`: PsPG's "mAP" is `auc(recall, precision)`), and macro F1 /
+    MCC at per-finding thresholds chosen on the part's validation data (`calibration`; the
+    PsPG code tunes them on the test set). Blank when the part has no calibration data."""
+
+    name: str = "multi_label"
+    columns: tuple[str, ...] = ("macro_auc", "micro_auc", "map", "map_pr_trapezoid", "f1_macro", "mcc_macro",
+                                "n_labels")
+    primary: str = "macro_auc"
+
+    def subsets(self, labels: LabelSpace) -> list[tuple[str | None, list[int] | None]]:
+        if getattr(labels, "seen", None) is None:
+            return [("all", None)]
+        out = [(name, labels.subset_index(name)) for name in ("all", "seen", "unseen")]
+        return [(name, cols) for name, cols in out if cols]
+
+    def metrics(self, logits: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray, labels: LabelSpace,
+                ci_resamples: int = 0, seed: int = 0, calibration: tuple | None = None,
+                columns: list[int] | None = None) -> dict[str, Any]:
+        from medkit.multilabel_metrics import choose_thresholds, multilabel_metrics
+
+        scores, y = _numpy(logits), _numpy(targets).astype(int)
+        cols = list(range(scores.shape[1])) if columns is None else list(columns)
+        if not np.isfinite(scores[:, cols]).all():
+            return {}
+        thresholds = None
+        if calibration is not None:
+            cal_scores, cal_y = _numpy(calibration[0]), _numpy(calibration[1]).astype(int)
+            thresholds = np.full(scores.shape[1], np.nan)
+            thresholds[cols] = choose_thresholds(cal_scores[:, cols], cal_y[:, cols])
+        out = multilabel_metrics(scores, y, columns=cols, thresholds=None if thresholds is None else thresholds[cols])
+        out["n_labels"] = len(cols)
+        return out
+
+
 SINGLE_LABEL = SingleLabel()
-TASKS: dict[str, Task] = {SINGLE_LABEL.name: SINGLE_LABEL}
+MULTI_LABEL = MultiLabel()
+TASKS: dict[str, Task] = {SINGLE_LABEL.name: SINGLE_LABEL, MULTI_LABEL.name: MULTI_LABEL}
 
 
 def metric_columns() -> list[str]:

@@ -131,11 +131,29 @@ def predict(method: nn.Module, data: Data, batch_size: int = 256, amp: bool = Tr
     return torch.cat(out), torch.cat(ys)
 
 
+def hits(logits: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+    """(correct, counted): top-1 hits over images; for multi-label targets `[B, C]` (log-odds
+    scores, -1 unknown) label hits at probability 0.5 over the known entries."""
+    if y.dim() == 2:
+        known = y >= 0
+        return int(((logits > 0) == (y == 1))[known].sum()), int(known.sum())
+    return int((logits.argmax(1) == y).sum()), len(y)
+
+
+def evaluation_loss(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Cross-entropy, or for multi-label targets the binary cross-entropy over known entries."""
+    if y.dim() == 2:
+        known = y >= 0
+        return float(nn.functional.binary_cross_entropy_with_logits(logits[known], y[known].float()))
+    return float(nn.functional.cross_entropy(logits, y))
+
+
 def _evaluate(method: nn.Module, data: Data | None, cfg: TrainConfig) -> tuple[float, float]:
     if data is None:
         return float("nan"), float("nan")
     logits, y = predict(method, data, cfg.eval_batch_size, cfg.amp)
-    return float(nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+    correct, counted = hits(logits, y)
+    return evaluation_loss(logits, y), correct / max(counted, 1)
 
 
 RESUMABLE_CHANGES = ("epochs", "device", "eval_batch_size")
@@ -247,7 +265,7 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
     for epoch in range(start_epoch, cfg.epochs):
         gen.manual_seed(cfg.seed * 10007 + epoch)  # a resumed run shuffles as an uninterrupted one
         method.train()
-        total, correct, seen = 0.0, 0, 0
+        total, correct, counted, seen = 0.0, 0, 0, 0
         term_sums: dict[str, float] = {}
         for step, (x, y) in enumerate(loader(method, train, cfg.batch_size, True, cfg.augment, gen, epoch, cfg.seed)):
             if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
@@ -267,14 +285,14 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
             for name, value in step_terms.items():
                 term_sums[name] = term_sums.get(name, 0.0) + value * len(y)
             steps_log.append({"epoch": epoch + 1, "step": len(steps_log) + 1, "loss": step_loss, **step_terms})
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
+            step_hits, step_counted = hits(logits.detach(), y)
+            correct, counted, seen = correct + step_hits, counted + step_counted, seen + len(y)
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.3f}", refresh=False)
         lr = opt.param_groups[0]["lr"]
         sched.step()
         val_loss, val_acc = _evaluate(method, val if cfg.validate else None, cfg)
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": total / max(seen, 1), "train_acc": correct / max(seen, 1),
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": total / max(seen, 1), "train_acc": correct / max(counted, 1),
                "val_loss": val_loss, "val_acc": val_acc, "seconds": time.time() - t0,
                **{f"train_{name}": v / max(seen, 1) for name, v in term_sums.items()}}
         history.append(row)

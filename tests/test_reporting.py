@@ -10,7 +10,7 @@ from medkit.experiment import Setting
 from medkit.methods.cilmp import DEFAULT_RANK
 from medkit.reporting import (cilmp_sweep, complete_rows, findings_08, knowledge_vs_names, latest, seed_table, select,
                               shot_table, study_findings, tau_sweep)
-from medkit.runs import LEGACY_COLUMNS, RESULT_COLUMNS, append_result, read_results
+from medkit.runs import LEGACY_COLUMNS, append_result, read_results, result_columns
 
 
 def rows_of(setting: Setting, accs, split="test", protocol="full", classes="all", run_id="20260101-000000_03_coop_tiny",
@@ -111,5 +111,5 @@ def test_old_results_files_load_and_take_new_rows(tmp_path):
     assert df["protocol"].tolist() == ["full", "base_to_novel", "hierarchical", "few_shot"]
     append_result(tmp_path, {"run_id": "r5", "dataset": "d", "split": "test", "acc": 0.5, "setting_id": "coop-1"})
     header, *body = list(csv.reader(open(path)))
-    assert header == RESULT_COLUMNS and len(body) == 5 and body[0][:4] == old[0][:4]
+    assert header == result_columns() and len(body) == 5 and body[0][:4] == old[0][:4]
     assert read_results(tmp_path)["setting_id"].tolist()[-1] == "coop-1"

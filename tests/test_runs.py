@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 import medkit.runs as runs  # noqa: E402
-from medkit.runs import RESULT_COLUMNS, append_result, read_results, start_run  # noqa: E402
+from medkit.runs import append_result, read_results, result_columns, start_run  # noqa: E402
 
 
 class _FrozenClock(datetime):
@@ -79,11 +79,11 @@ def test_results_accumulate_with_exact_columns(tmp_path):
     assert row["run_id"] == a.id and row["notebook"] == "nb01" and row["variant"] is None
     b.add_result(dataset="implants", split="test", method="linear probe", shots=16, seed=1, acc=0.75)
     text = (tmp_path / "results.csv").read_text().splitlines()
-    assert text[0] == ",".join(RESULT_COLUMNS) and len(text) == 3
+    assert text[0] == ",".join(result_columns()) and len(text) == 3
     a.complete()
     b.complete()
     df = read_results(tmp_path)
-    assert list(df.columns) == RESULT_COLUMNS and len(df) == 2
+    assert list(df.columns) == result_columns() and len(df) == 2
     assert df["run_id"].tolist() == [a.id, b.id]
     assert df["acc"].tolist() == [0.5, 0.75]
     assert pd.isna(df.loc[0, "variant"]) and pd.isna(df.loc[0, "shots"])
@@ -98,7 +98,7 @@ def test_unknown_result_field_raises(tmp_path):
 
 def test_read_results_missing_is_empty(tmp_path):
     df = read_results(tmp_path / "nothing")
-    assert df.empty and list(df.columns) == RESULT_COLUMNS
+    assert df.empty and list(df.columns) == result_columns()
 
 
 def _append_many(root: str, worker: int) -> None:

@@ -94,6 +94,44 @@ class BackboneAdapter(nn.Module):
             feats = self.model.encode_image(images.to(self.device, self.dtype))
         return F.normalize(feats, dim=-1) if normalize else feats
 
+    def encode_image_tokens(self, images: torch.Tensor,
+                            prompts: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """`[B, 1 + T, E]`: the pooled image feature followed by the T local (patch) tokens,
+        each projected into the joint space by the tower's own projection (DualCoOp's and
+        PsPG's local features; DualCoOp applies the attention-pool's projection per position,
+        the ViT analogue is the final norm + projection per token). Unnormalised; token 0
+        equals `encode_image`. Deep vision `prompts` work as in `encode_image` (they are
+        dropped before the final norm, so no prompt token is returned)."""
+        visual = self.model.visual
+        images = images.to(self.device, self.dtype)
+        with self._vision_prompt_hooks(prompts):
+            trunk = getattr(visual, "trunk", None)
+            if trunk is not None and hasattr(trunk, "forward_features"):  # open_clip TimmModel
+                pooled, local = self._timm_tokens(visual, trunk, images)
+            elif hasattr(visual, "output_tokens"):  # open_clip VisionTransformer
+                before = visual.output_tokens
+                visual.output_tokens = True
+                try:
+                    pooled, local = visual(images)
+                finally:
+                    visual.output_tokens = before
+                if visual.proj is not None:
+                    local = local @ visual.proj
+            else:
+                raise NotImplementedError(f"{type(visual).__name__} image tower: local tokens need a ViT "
+                                          "(timm VisionTransformer or open_clip VisionTransformer)")
+        return torch.cat([pooled.unsqueeze(1), local], dim=1)
+
+    @staticmethod
+    def _timm_tokens(visual: nn.Module, trunk: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = trunk.forward_features(images)
+        local = trunk.fc_norm(x[:, getattr(trunk, "num_prefix_tokens", 1):])  # Identity under token pooling
+        pooled = trunk.forward_head(x, pre_logits=True)
+        classifier = getattr(trunk, "head", None)
+        if isinstance(classifier, nn.Linear):  # the trunk's classifier is the projection (no extra head)
+            pooled, local = classifier(pooled), classifier(local)
+        return visual.head(pooled), visual.head(local)
+
     # --- image tower structure (ViT towers of both open_clip and timm) -------------------
     def _vision_parts(self) -> tuple[list[nn.Module], nn.Module, nn.Module, str]:
         """(blocks, module whose input receives appended prompts, module at which prompts
