@@ -12,10 +12,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from .adapter import BackboneAdapter, HFTextAdapter, OpenCLIPNativeAdapter, wrap
 from .miniclip import PRESETS as MINICLIP_PRESETS
 
-__all__ = ["BackboneAdapter", "HFTextAdapter", "OpenCLIPNativeAdapter", "build_offline", "load_backbone", "wrap"]
+__all__ = ["BackboneAdapter", "HFTextAdapter", "OpenCLIPNativeAdapter", "build_offline", "finetuned_path", "load_backbone",
+           "save_finetuned", "wrap"]
+
+FINETUNED_DIR = "backbones"
+
+
+def finetuned_path(name: str, data_root: str | Path = "data") -> Path:
+    """Where a fine-tuned backbone called `name` is kept (`save_finetuned`)."""
+    return Path(data_root) / FINETUNED_DIR / f"{name.replace('/', '_')}.pt"
+
+
+def save_finetuned(adapter: BackboneAdapter, name: str, data_root: str | Path = "data") -> Path:
+    """Keep a fine-tuned backbone under `name`: `load_backbone(name)` then rebuilds its base
+    model and loads these weights (strictly: a missing or unexpected key is an error)."""
+    from medkit.atomic import atomic_torch_save
+
+    path = finetuned_path(name, data_root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save({"base": getattr(adapter, "source", adapter.name), "state": adapter.model.state_dict()}, path)
+    return path
 
 
 def build_offline(names: list[str], data_root: str | Path = "data", progress: bool | str = "lines") -> list[str]:
@@ -39,8 +60,23 @@ def build_offline(names: list[str], data_root: str | Path = "data", progress: bo
 
 def load_backbone(name: str, pretrained: str | None = None, device: str = "cpu",
                   data_root: str | Path = "data", progress: bool = True) -> BackboneAdapter:
+    """The adapter of `name`; its `source` is what loads it again (a fine-tuned copy records it)."""
+    adapter = _load(name, pretrained, device, data_root, progress)
+    if not hasattr(adapter, "source"):
+        adapter.source = name if pretrained is None else f"{name}/{pretrained}"
+    return adapter
+
+
+def _load(name: str, pretrained: str | None, device: str, data_root: str | Path, progress: bool) -> BackboneAdapter:
     import open_clip
 
+    tuned = finetuned_path(name, data_root)
+    if tuned.is_file():  # a backbone fine-tuned here (e.g. PsPG's contrastive phase), by its name
+        saved = torch.load(tuned, map_location="cpu", weights_only=False)
+        adapter = load_backbone(saved["base"], device=device, data_root=data_root, progress=progress)
+        adapter.model.load_state_dict(saved["state"], strict=True)
+        adapter.name, adapter.source = name, name
+        return adapter.eval()
     if name in MINICLIP_PRESETS:
         from . import miniclip
 

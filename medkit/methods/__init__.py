@@ -75,6 +75,12 @@ from .maple import MaPLe  # noqa: E402
 from .vpt_deep import VPTDeep  # noqa: E402
 from .ivlp import IVLP  # noqa: E402
 from .vit_finetune import ViTClassifier, build_vit  # noqa: E402
+# multi-label (log-odds per finding; `medkit.tasks.MultiLabel`)
+from .zeroshot_ml import MultiLabelZeroShot  # noqa: E402
+from .linear_probe_ml import MultiLabelLinearProbe  # noqa: E402
+from .dualcoop import DualCoOp  # noqa: E402
+from .pspg import PsPG  # noqa: E402
+from .clip_finetune_contrastive import ContrastiveFinetune  # noqa: E402
 
 # the registry's classes are exported by name: a new method needs no edit here beyond its import
 __all__ = sorted({"Budget", "GridEntry", "KNOWLEDGE_RESOURCES", "MethodSpec", "REGISTRY", "Ref", "build_vit",
