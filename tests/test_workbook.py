@@ -8,7 +8,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from medkit.runs import RESULT_COLUMNS
+from medkit.runs import result_columns
 from medkit.workbook import WorkbookError, list_notebooks, run_workbook
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_smoke_workbook_end_to_end(tmp_path, smoke_data):
         assert cfg["profile"]["name"] == "smoke" and "git_commit" in cfg["_meta"] and cfg["_meta"]["packages"]["torch"]
         assert list((r.executed.parent / "figures").glob("*.png")), f"{r.notebook.name} saved no figure"
     df = pd.read_csv(outputs / "results.csv")
-    assert list(df.columns) == RESULT_COLUMNS
+    assert list(df.columns) == result_columns()
     assert df["setting_id"].notna().all() and df["protocol"].notna().all() and df["options"].notna().all()
     zs = df[df.method == "zeroshot"]
     assert set(zs.dataset) == {"synth_implants45", "synth_ortho12"}
@@ -64,6 +64,14 @@ def test_smoke_workbook_end_to_end(tmp_path, smoke_data):
     assert zs[zs.dataset == "synth_implants45"].group_acc.notna().all()
     assert zs[zs.dataset == "synth_ortho12"].group_acc.isna().all()
     assert zs.acc.between(0, 1).all()
+    # 09: multi-label rows of every multi-label method on every evaluation dataset, seen / unseen / all
+    ml = df[df.task == "multi_label"]
+    assert set(ml.dataset) == {"synth_cxr", "synth_cxr14", "synth_vindr"}
+    for method in ("zeroshot_ml", "dualcoop", "pspg", "clip_finetune_contrastive"):
+        for ds in ("synth_cxr14", "synth_vindr"):
+            assert {"all", "seen", "unseen"} <= set(ml[(ml.method == method) & (ml.dataset == ds)].classes), (method, ds)
+    assert set(ml[ml.method == "linear_probe_ml"].classes) == {"all", "seen"}  # tied to its training findings
+    assert ml.macro_auc.between(0, 1).all() and ml.acc.isna().all() and zs.macro_auc.isna().all()
 
 
 def _run_of(results, notebook: str) -> Path:
@@ -156,3 +164,30 @@ def test_a_users_imagefolder_and_csv_without_splits_run_through_the_notebooks(tm
         assert json.loads((folder / "status.json").read_text())["state"] == "complete"
     table = json.loads((_run_of(results, "03_coop") / "metrics.json").read_text())["table"]
     assert {"zeroshot", "coop"} <= {r["method"] for r in table}  # the study table keeps its zero-shot rows
+
+
+def test_a_users_chexpert_csv_and_a_local_backbone_run_through_the_multilabel_notebook(tmp_path, smoke_data,
+                                                                                       model_configs):
+    """09 by parameters only: a CheXpert-v1.0-small folder (train.csv with -1 / blank, valid.csv,
+    lateral views), a ChestX-ray14 Data_Entry CSV to evaluate on, a PsPG JSONL of reports and an
+    open_clip model config as the backbone (what a user with real files and weights changes)."""
+    from userdata import chexpert_folder, nih_folder
+
+    from medkit.data import load_dataset
+
+    chexpert, nih = chexpert_folder(tmp_path / "chexpert"), nih_folder(tmp_path / "nih")
+    ids = [load_dataset(p, data_root=smoke_data, progress=False).id for p in (chexpert, nih)]
+    outputs = tmp_path / "outputs"
+    results = run_workbook("smoke", only=["09"], notebooks_dir=REPO / "notebooks", outputs_root=outputs, data_root=smoke_data,
+                           extra_parameters={"train_dataset": str(chexpert), "eval_datasets": [str(nih)],
+                                             "reports": str(tmp_path / "chexpert" / "reports.jsonl"),
+                                             "backbone": str(model_configs["hf"]), "ablation_seeds": []})
+    df = pd.read_csv(outputs / "results.csv")
+    ml = df[df.task == "multi_label"]
+    assert set(ml.dataset) == set(ids) and set(ml.train_dataset.dropna()) == {ids[0]}
+    assert {"all", "seen", "unseen"} <= set(ml[ml.dataset == ids[1]].classes)
+    assert set(ml.backbone) >= {"tiny-timm-hf-clip"}
+    assert {"zeroshot_ml", "linear_probe_ml", "dualcoop", "pspg", "clip_finetune_contrastive"} <= set(ml.method)
+    folder = _run_of(results, "09_multilabel_cxr")
+    assert list((folder / "figures").glob(f"per_finding_auroc_{ids[1]}*.png"))
+    assert json.loads((folder / "status.json").read_text())["state"] == "complete"

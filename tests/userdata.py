@@ -83,6 +83,80 @@ def medmnist_npz(root: Path) -> Path:
     return root / "userdata.npz"
 
 
+# --------------------------------------------------------------------------- multi-label chest files
+
+CHEXPERT = ("No Finding", "Cardiomegaly", "Edema", "Pleural Effusion", "Pneumothorax", "Support Devices")
+NIH = ("Cardiomegaly", "Effusion", "Emphysema", "Hernia")
+
+
+def _chest(findings: dict[str, int], seed: int) -> np.ndarray:
+    """A grey 32-px film whose bright patches say the findings (one place per finding name)."""
+    rng = np.random.default_rng(seed)
+    px = rng.normal(60, 12, (SIZE, SIZE))
+    for name, on in findings.items():
+        if on == 1:
+            k = sum(map(ord, name)) % 8
+            px[(k // 4) * 16:(k // 4) * 16 + 8, (k % 4) * 8:(k % 4) * 8 + 8] += 140
+    return np.clip(px, 0, 255).astype(np.uint8)
+
+
+def chexpert_folder(root: Path, patients: int = 24) -> Path:
+    """CheXpert-v1.0-small as it ships: train.csv (1.0 / 0.0 / -1.0 / blank, frontal and lateral
+    views) and valid.csv, images under CheXpert-v1.0-small/{train,valid}/patientNNNNN/…; and a
+    PsPG JSONL of reports for the train images. Returns the CheXpert-v1.0-small folder."""
+    rng = np.random.default_rng(7)
+    base = root / "CheXpert-v1.0-small"
+    reports = []
+    for split, n, first in (("train", patients, 1), ("valid", max(4, patients // 3), 60001)):
+        rows = []
+        for p in range(first, first + n):
+            for view in ("frontal", "lateral") if p % 4 == 0 else ("frontal",):
+                labels = {f: int(rng.random() < 0.35) for f in CHEXPERT[1:]}
+                rel = f"CheXpert-v1.0-small/{split}/patient{p:05d}/study1/view{1 if view == 'frontal' else 2}_{view}.png"
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(_chest(labels, p)).save(root / rel)
+                cells = {f: ("1.0" if v else ("" if rng.random() < 0.5 else "0.0")) for f, v in labels.items()}
+                if split == "train" and p % 5 == 0:
+                    cells["Edema"] = "-1.0"  # uncertain
+                cells = {"No Finding": "" if any(labels.values()) else "1.0", **cells}
+                rows.append({"Path": rel, "Sex": "Female", "Age": 60, "Frontal/Lateral": view.capitalize(),
+                             "AP/PA": "AP" if view == "frontal" else "", **cells})
+                if split == "train":
+                    present = [f for f, v in labels.items() if v]
+                    reports.append({"filepath": rel, "text": "Findings: " + (", ".join(present) or "no acute disease") + ".",
+                                    "labels": present or ["No Finding"]})
+        with open(base / f"{split}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT])
+            writer.writeheader()
+            writer.writerows(rows)
+    (root / "reports.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reports))
+    return base
+
+
+def nih_folder(root: Path, patients: int = 16) -> Path:
+    """ChestX-ray14's layout: Data_Entry_2017.csv (A|B or No Finding), images/, train_val_list.txt
+    and test_list.txt. Returns the CSV."""
+    rng = np.random.default_rng(11)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows, lists = [], {"train_val_list.txt": [], "test_list.txt": []}
+    for p in range(1, patients + 1):
+        for k in range(2):
+            name = f"{p:08d}_{k:03d}.png"
+            labels = {f: int(rng.random() < 0.3) for f in NIH}
+            Image.fromarray(_chest({"Pleural Effusion" if f == "Effusion" else f: v for f, v in labels.items()}, 500 + p)
+                            ).save(root / "images" / name)
+            present = "|".join(f for f, v in labels.items() if v) or "No Finding"
+            rows.append([name, present, k, p, 50, "M", "PA", 32, 32, 0.14, 0.14])
+            lists["test_list.txt" if p % 2 else "train_val_list.txt"].append(name)
+    with open(root / "Data_Entry_2017.csv", "w", newline="") as f:
+        f.write("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+                "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n")
+        csv.writer(f).writerows(rows)
+    for name, images in lists.items():
+        (root / name).write_text("\n".join(images) + "\n")
+    return root / "Data_Entry_2017.csv"
+
+
 def all_formats(root: Path) -> dict[str, Path]:
     return {"imagefolder": imagefolder(root / "folder"), "csv": manifest_without_split(root / "csv"),
             "dassl": dassl_split(root / "dassl"), "npz": medmnist_npz(root / "npz")}
