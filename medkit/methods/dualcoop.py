@@ -31,7 +31,7 @@ from medkit.methods.multilabel import LOSSES, MultiLabelMethod
 # reference: SGD 0.002, 50 epochs, cosine, 1 warm-up epoch at 1e-5, batch 32, ASL
 @register("dualcoop", kind="prompt", training=TrainConfig(epochs=50, batch_size=32, lr=0.002, warmup_epochs=1,
                                                           warmup_lr=1e-5),
-          budgets={"tiny": Budget(train=dict(epochs=6, batch_size=64, lr=3e-3, optimizer="adamw",
+          budgets={"tiny": Budget(train=dict(epochs=5, batch_size=64, lr=3e-3, optimizer="adamw",
                                              weight_decay=0.0, warmup_epochs=0, augment=False)),
                    "smoke": Budget(train=dict(epochs=1, batch_size=16, max_steps_per_epoch=2, augment=False))},
           example={"n_ctx": 2})

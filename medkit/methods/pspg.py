@@ -127,8 +127,8 @@ _TINY = dict(epochs=3, batch_size=64, lr=2e-3, optimizer="adamw", weight_decay=0
 
 @register("pspg", kind="prompt", defaults_by="conditioning",
           training={"image": _REFERENCE, "batch": _REFERENCE},
-          budgets={"tiny": {"image": Budget(train={**_TINY, "epochs": 1, "batch_size": 32, "max_steps_per_epoch": 4},
-                                            eval_images={"full": 48}),
+          budgets={"tiny": {"image": Budget(train={**_TINY, "epochs": 1, "batch_size": 32, "max_steps_per_epoch": 2,
+                                                   "validate": False}, eval_images={"full": 48}),
                             "batch": Budget(train=_TINY)},
                    "smoke": Budget(train=dict(epochs=1, batch_size=16, max_steps_per_epoch=2, augment=False),
                                    eval_images={"full": 16})},
