@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1] / "medkit"
 
 LAYERS: list[tuple[str, ...]] = [
     ("config", "atomic", "paths", "profiles"),
-    ("data", "backbones", "features", "metrics", "prompts", "protocols", "runs", "plots", "knowledge", "tasks"),
+    ("data", "backbones", "features", "metrics", "multilabel_metrics", "losses", "prompts", "protocols", "runs", "plots",
+     "knowledge", "tasks"),
     ("methods",),
     ("train",),
     ("selection", "experiment"),

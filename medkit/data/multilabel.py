@@ -9,6 +9,11 @@ losses and metrics), and `view` ("frontal"/"lateral") and `text` where the data 
 patient's images together (`splits.grouped_split`); `split.meta["root"]` is where the paths
 start. Every problem is collected and raised in one `DataError` naming file, row, column and
 value (see `checks.py`).
+
+Why one module: the four formats differ only in how a row is parsed; resolving image paths,
+building a sample from a row's findings, collecting problems, the patient map and the split
+names are one shared pipeline that each reader calls (split per format, each file would
+re-import and re-state it).
 """
 from __future__ import annotations
 
