@@ -21,7 +21,7 @@ FAMILIES = ("native", "hf")
 
 def images(adapter, n: int, seed: int = 0) -> torch.Tensor:
     rng = np.random.default_rng(seed)
-    _, tf = adapter.preprocess_train, adapter.preprocess
+    tf = adapter.preprocess
     return torch.stack([tf(Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))) for _ in range(n)])
 
 

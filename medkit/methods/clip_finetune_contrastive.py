@@ -62,9 +62,7 @@ def contrastive_finetune(adapter: BackboneAdapter, pairs: Split, epochs: int = 2
     text = model.text if hasattr(model, "text") else model
     for name in ("proj", "text_projection", "ln_final") if text_layers != 0 else ():
         part = getattr(text, name, None)
-        if isinstance(part, torch.nn.Module):
-            part.requires_grad_(True)
-        elif isinstance(part, torch.nn.Parameter):
+        if isinstance(part, (torch.nn.Module, torch.nn.Parameter)):
             part.requires_grad_(True)
     model.logit_scale.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -7,7 +7,6 @@ frozen features hold), never the unseen ones.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -46,7 +45,7 @@ class MultiLabelLinearProbe(MultiLabelMethod):
                 bias[c] = 8.0 if (len(yc) and yc[0] == 1) else -8.0
                 continue
             best, best_auc = None, -1.0
-            for C in self._candidates(xv, yv, c):
+            for C in self.grid if xv is not None else (1.0,):  # no validation: sklearn's default C
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     clf = LogisticRegression(C=C, max_iter=1000).fit(x[known], yc)
@@ -61,9 +60,6 @@ class MultiLabelLinearProbe(MultiLabelMethod):
         with torch.no_grad():
             self.linear.weight.copy_(torch.from_numpy(weight))
             self.linear.bias.copy_(torch.from_numpy(bias))
-
-    def _candidates(self, xv: np.ndarray | None, yv: np.ndarray | None, c: int) -> Sequence[float]:
-        return self.grid if xv is not None else (1.0,)
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         return self.linear(F.normalize(self.tokens(image_features)[:, 0], dim=-1))

@@ -46,7 +46,7 @@ from medkit.backbones.adapter import replace_positions
 from medkit.config import TrainConfig
 from medkit.methods import Budget, register
 from medkit.methods.context import prompt_layout
-from medkit.methods.multilabel import LOSSES, MultiLabelMethod
+from medkit.methods.multilabel import LOSSES, MultiLabelMethod, loss_terms
 from medkit.prompts import prompt_name
 
 DECODERS = ("gru", "transformer", "nar")
@@ -259,7 +259,5 @@ class PsPG(MultiLabelMethod):
 
     def loss_terms(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         pair_targets = targets[:self.pair_images] if self.conditioning == "image" else targets
-        from medkit.methods.multilabel import loss_terms
-
         return loss_terms(self.loss_name, logits, targets, None if self._pair_scores is None else
                           (self._pair_scores, pair_targets))
