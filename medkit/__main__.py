@@ -1,4 +1,5 @@
-"""`python -m medkit workbook [--profile P] [--only NN ...] [--from NN] [--resume]`; `python -m medkit kernel`."""
+"""`python -m medkit workbook [--profile P] [--only NN ...] [--from NN] [--resume]`; `python -m medkit kernel`;
+`python -m medkit models [download KEY… --to DIR | check NAME [--weights PATH]]`."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,20 @@ def main(argv: list[str] | None = None) -> int:
     wb.add_argument("--outputs", default="outputs")
     wb.add_argument("--data", default="data")
     sub.add_parser("kernel", help="register this interpreter as the `medkit` Jupyter kernel (in its own prefix)")
+    models = sub.add_parser("models", help="the model zoo: list it (offline), download entries into folders, "
+                            "check a checkpoint against its known answer")
+    msub = models.add_subparsers(dest="action")
+    dl = msub.add_parser("download", help="fetch zoo entries into DIR/KEY (needs internet); they then load offline")
+    dl.add_argument("keys", nargs="+", metavar="KEY")
+    dl.add_argument("--to", required=True, metavar="DIR")
+    ck = msub.add_parser("check", help="run the fixed zero-shot probe and compare with the recorded answer")
+    ck.add_argument("name", metavar="NAME", help="a zoo key, a model folder, or any load_backbone name")
+    ck.add_argument("--weights", default=None, help="a folder or state-dict file (load_backbone's pretrained=)")
+    ck.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+
+    if args.command == "models":
+        return _models(args)
 
     if args.command == "kernel":
         from jupyter_client.kernelspec import KernelSpecManager
@@ -49,6 +63,44 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"\n✓ workbook ({args.profile or 'as resumed'}) finished in {time.time() - t0:.0f} s\n" + summary(results, args.outputs))
     return 0
+
+
+def _models(args) -> int:
+    """Exit codes of `models check`: 0 matches, 1 differs or fails to load, 2 nothing recorded."""
+    from medkit.backbones import zoo
+
+    if args.action is None:
+        import pandas as pd
+
+        with pd.option_context("display.max_colwidth", 70, "display.width", 250):
+            print(zoo.table().to_string(index=False))
+        print("\nload_backbone(KEY); offline: `python -m medkit models download KEY --to DIR` on a machine with "
+              "internet, then load_backbone('DIR/KEY'). Details: medkit/backbones/zoo.py")
+        return 0
+    if args.action == "download":
+        from medkit.backbones.errors import BackboneNotAvailable
+        from medkit.backbones.prepare import download
+
+        failed = 0
+        for key in args.keys:
+            try:
+                download(key, args.to)
+            except (BackboneNotAvailable, KeyError, NotImplementedError) as e:
+                print(f"✗ {key}: {e}", file=sys.stderr)
+                failed += 1
+        return 1 if failed else 0
+    from medkit.backbones import load_backbone
+    from medkit.backbones.check import check
+
+    try:
+        adapter = load_backbone(args.name, args.weights, device=args.device)
+    except (FileNotFoundError, ValueError, KeyError, NotImplementedError) as e:
+        print(f"✗ {args.name}: {e}", file=sys.stderr)
+        return 1
+    recorded = zoo.ZOO[args.name].known_answer if args.name in zoo.ZOO else None
+    result = check(adapter, recorded)
+    print(result.report(args.name))
+    return {True: 0, False: 1, None: 2}[result.passed]
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ class TrainConfig:
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
     grad_clip: float | None = None
-    amp: bool = True  # bf16 autocast, CUDA only
+    amp: bool = True  # reduced precision where `precision` allows it; False: fp32 everywhere
+    precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp16" (with loss scaling), "fp32"
     patience: int | None = None  # early stopping: epochs without a better val accuracy
     select: str = "last"  # "last" (the references) or "best" (restore the best val epoch)
     seed: int = 1

@@ -2,7 +2,9 @@
 
 - SGD (momentum) or AdamW; cosine schedule over the epochs after a constant warm-up at a
   small lr (the Dassl references' `ConstantWarmupScheduler`: 1 epoch at 1e-5);
-- bf16 autocast on CUDA; optional gradient clipping; early stopping on validation
+- bf16 autocast on CUDA (`precision`: fp16 with loss scaling, or fp32), fp32 on CPU; a
+  run stops at its first non-finite loss with what to do (`medkit.precision`); optional
+  gradient clipping; early stopping on validation
   accuracy; `select="best"` restores the best epoch (the references report the last);
 - a checkpoint of the method's own parameters, optimizer, schedule, history and RNG
   states after every epoch, and `resume=True` to continue an interrupted run. The
@@ -36,6 +38,7 @@ from medkit.atomic import atomic_torch_save
 from medkit.config import TrainConfig
 from medkit.data import ImageDataset, Split
 from medkit.features import CachedFeatures, FeatureCache, encode_split
+from medkit.precision import autocast, check_finite, grad_scaler, resolve
 from medkit.runs import json_safe
 
 Data = Split | tuple[torch.Tensor, torch.Tensor] | CachedFeatures
@@ -106,12 +109,12 @@ def _device(method: nn.Module) -> torch.device:
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    return autocast(cfg.precision, device, cfg.amp)
 
 
 @torch.no_grad()
 def predict(method: nn.Module, data: Data, batch_size: int = 256, amp: bool = True,
-            cache: FeatureCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            cache: FeatureCache | None = None, precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) over a split or cached features: class prompts are encoded once per
     pass, and image features come from the cache when the image tower is frozen."""
     data = cached_inputs(method, data, cache)
@@ -120,7 +123,7 @@ def predict(method: nn.Module, data: Data, batch_size: int = 256, amp: bool = Tr
     was = method.training
     method.eval()
     device = _device(method)
-    cfg = TrainConfig(amp=amp)
+    cfg = TrainConfig(amp=amp, precision=precision)
     with _autocast(cfg, device):
         text = method.precompute_text()
         out, ys = [], []
@@ -151,7 +154,7 @@ def evaluation_loss(logits: torch.Tensor, y: torch.Tensor) -> float:
 def _evaluate(method: nn.Module, data: Data | None, cfg: TrainConfig) -> tuple[float, float]:
     if data is None:
         return float("nan"), float("nan")
-    logits, y = predict(method, data, cfg.eval_batch_size, cfg.amp)
+    logits, y = predict(method, data, cfg.eval_batch_size, cfg.amp, precision=cfg.precision)
     correct, counted = hits(logits, y)
     return evaluation_loss(logits, y), correct / max(counted, 1)
 
@@ -231,6 +234,8 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
         val = cached_inputs(method, val, cache)
     params = [p for p in method.parameters() if p.requires_grad]
     opt = _optimizer(params, cfg)
+    precision = resolve(cfg.precision, device, cfg.amp)
+    scaler = grad_scaler(cfg.precision, device, cfg.amp)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, cfg))
     history: list[dict] = []
     best_acc, best_state, stale, start_epoch = -1.0, None, 0, 0
@@ -275,13 +280,23 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
                 logits = method(x)
                 terms = method.loss_terms(logits.float(), y)
             opt.zero_grad(set_to_none=True)
-            loss = method.backward_step(terms)  # the sum of the terms, or the method's own gradient shaping
+            step_terms = {name: float(term.detach()) for name, term in terms.items()}
+            if scaler is None:
+                loss = method.backward_step(terms)  # the sum of the terms, or the method's own gradient shaping
+                step_loss = float(loss.detach())
+            else:  # fp16: gradients of the scaled terms (a method's gradient shaping is scale-invariant)
+                scale = scaler.get_scale()
+                step_loss = float(method.backward_step({k: scaler.scale(v) for k, v in terms.items()}).detach()) / scale
+                scaler.unscale_(opt)
+            check_finite(step_loss, logits.detach(), len(steps_log) + 1, epoch + 1, precision, step_terms)
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            step_loss = float(loss.detach())
+            if scaler is None:
+                opt.step()
+            else:
+                scaler.step(opt)  # skipped where the scaled gradients overflowed; the scale then shrinks
+                scaler.update()
             total += step_loss * len(y)
-            step_terms = {name: float(term.detach()) for name, term in terms.items()}
             for name, value in step_terms.items():
                 term_sums[name] = term_sums.get(name, 0.0) + value * len(y)
             steps_log.append({"epoch": epoch + 1, "step": len(steps_log) + 1, "loss": step_loss, **step_terms})

@@ -39,9 +39,68 @@ def _write_tiny_bert(folder: Path) -> Path:
     return folder
 
 
+def write_clip_bpe_tokenizer(folder: Path, context_length: int = 77) -> Path:
+    """A transformers CLIP tokenizer with OpenAI's real BPE (open_clip ships the merges), in
+    the hub's layout: the ids equal open_clip's tokenizer's up to the padding."""
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import AutoTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    st = SimpleTokenizer()
+    vocab = {k: v for k, v in st.encoder.items() if k not in ("<start_of_text>", "<end_of_text>")}
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = st.encoder["<start_of_text>"], st.encoder["<end_of_text>"]
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    merges = sorted(st.bpe_ranks, key=st.bpe_ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": context_length, "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
+    AutoTokenizer.from_pretrained(folder).save_pretrained(folder)  # tokenizer.json: later loads skip the conversion
+    return folder
+
+
+def write_hf_dual(folder: Path, kind: str = "clip", tokenizer: Path | None = None) -> Path:
+    """A tiny transformers dual encoder folder in the hub's layout (config.json, safetensors,
+    tokenizer, preprocessor_config.json): `clip` (causal text, EOS pooling, CLS + projection)
+    or `siglip` (bidirectional text pooled at the last position, attention-pool head, bias).
+    Both use OpenAI's BPE (the SigLIP tokenizer is sentencepiece, which tests do not need)."""
+    import shutil
+
+    import transformers
+
+    torch.manual_seed(3)
+    folder.mkdir(parents=True, exist_ok=True)
+    tower = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    if kind == "clip":
+        cfg = transformers.CLIPConfig(
+            text_config={**tower, "vocab_size": 49408, "max_position_embeddings": 77, "bos_token_id": 49406,
+                         "eos_token_id": 49407, "pad_token_id": 49407},
+            vision_config={**tower, "image_size": 32, "patch_size": 8}, projection_dim=16)
+        model, context = transformers.CLIPModel(cfg), 77
+        processor = {"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 32},
+                     "crop_size": {"height": 32, "width": 32}, "do_center_crop": True, "resample": 3,
+                     "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}
+    else:
+        cfg = transformers.SiglipConfig(
+            text_config={**tower, "vocab_size": 49408, "max_position_embeddings": 40, "projection_size": 32},
+            vision_config={**tower, "image_size": 32, "patch_size": 8})
+        model, context = transformers.SiglipModel(cfg), 40
+        processor = {"image_processor_type": "SiglipImageProcessor", "size": {"height": 32, "width": 32},
+                     "do_center_crop": False, "resample": 2, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    model.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    tok = tokenizer or write_clip_bpe_tokenizer(folder.parent / "clip-bpe-tokenizer")
+    for f in tok.iterdir():
+        shutil.copy(f, folder / f.name)
+    cfg_path = folder / "tokenizer_config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "model_max_length": context}))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def model_configs(tmp_path_factory) -> dict[str, Path]:
-    """open_clip model-config JSONs of both tower families, tiny and randomly initialised."""
+    """Tiny randomly initialised models of the three tower families: open_clip model-config
+    JSONs (native text tower; timm + HF text tower) and transformers folders (CLIP, SigLIP)."""
     root = tmp_path_factory.mktemp("model_configs")
     bert = _write_tiny_bert(root / "tiny-bert")
     native = root / "tiny-native-clip.json"
@@ -56,7 +115,9 @@ def model_configs(tmp_path_factory) -> dict[str, Path]:
                               "text_cfg": {"hf_model_name": str(bert), "hf_tokenizer_name": str(bert),
                                            "hf_model_pretrained": False, "hf_proj_type": "mlp",
                                            "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 32}}))
-    return {"native": native, "hf": hf}
+    tok = write_clip_bpe_tokenizer(root / "clip-bpe-tokenizer")
+    return {"native": native, "hf": hf, "hf_dual": write_hf_dual(root / "tiny-hf-clip", "clip", tok),
+            "siglip": write_hf_dual(root / "tiny-hf-siglip", "siglip", tok)}
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +129,9 @@ def adapters(model_configs):
 
 
 # --------------------------------------------------------------------------- shared tiny data
+
+#: the tower families every adapter invariant runs on (SigLIP is the hf_dual family's second flavour)
+FAMILIES = ("native", "hf", "hf_dual", "siglip")
 
 TINY_NAMES = ["oval", "plate", "round", "screw"]
 TINY_GROUPS = {"oval": "g1", "plate": "g1", "round": "g2", "screw": "g2"}

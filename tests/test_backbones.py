@@ -1,27 +1,32 @@
-"""Adapter invariants for both tower families (tiny random configs + MiniCLIP's real MiniLM)."""
+"""Adapter invariants for the three tower families (tiny random configs and folders + MiniCLIP's
+real MiniLM): open_clip's native text tower, open_clip with a HuggingFace text tower, and
+transformers dual encoders (CLIP and SigLIP flavours)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from medkit.backbones import HFTextAdapter, OpenCLIPNativeAdapter, load_backbone
+from conftest import FAMILIES
+from medkit.backbones import HFDualAdapter, HFTextAdapter, OpenCLIPNativeAdapter, load_backbone
 from medkit.backbones import miniclip
 
 TEXTS = ["a photo of a round implant.", "an x-ray of the device with two leads", "plate"]
 
 
-@pytest.mark.parametrize("family", ["native", "hf"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_text_from_embeddings_equals_model_text_encoding(adapters, family):
     ad = adapters[family]
     ids = ad.tokenize(TEXTS)
     with torch.no_grad():
         ref = ad.encode_text(ids, cut=False)
         ours = ad.encode_text_from_embeddings(ad.token_embedding(ids), ids)
-    assert ours.shape == ref.shape == (len(TEXTS), 16)
+        cut = ad.encode_text(ids)  # only the positions that reach the pooled one
+    assert ours.shape == ref.shape == (len(TEXTS), ad.embed_dim)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cut, ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["native", "hf"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_changed_embeddings_change_features(adapters, family):
     """The embedding path really is used (a learned context would otherwise do nothing)."""
     ad = adapters[family]
@@ -46,15 +51,72 @@ def test_family_detection_and_widths(adapters):
     assert int(adapters["hf"].pooled_index(ids)[0]) == int((ids[0] != 0).sum()) - 1
 
 
-@pytest.mark.parametrize("family", ["native", "hf"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_encode_image_shapes_and_normalisation(adapters, family):
     ad = adapters[family]
     x = torch.randn(2, 3, ad.image_size, ad.image_size)
     with torch.no_grad():
         f = ad.encode_image(x, normalize=True)
-    assert f.shape == (2, 16)
+    assert f.shape == (2, ad.embed_dim)
     torch.testing.assert_close(f.norm(dim=-1), torch.ones(2))
-    assert float(ad.logit_scale.detach()) == pytest.approx(1 / 0.07, rel=1e-4)
+    if family != "siglip":  # SigLIP starts from log-scale 0 and a learned bias
+        assert float(ad.logit_scale.detach()) == pytest.approx(1 / 0.07, rel=1e-4)
+
+
+@pytest.mark.parametrize("family", ["hf_dual", "siglip"])
+def test_transformers_dual_encoder_matches_the_library_and_pools_where_it_does(adapters, family):
+    """The adapter's features are transformers' own: CLIPModel.get_text_features /
+    SiglipModel's pooled head output, on ids from the folder's tokenizer."""
+    ad = adapters[family]
+    assert isinstance(ad, HFDualAdapter) and ad.family == "hf_dual"
+    hf = ad.model.hf
+    ids = ad.tokenize(TEXTS)
+    x = torch.randn(2, 3, ad.image_size, ad.image_size)
+    with torch.no_grad():
+        text_out = hf.text_model(input_ids=ids).pooler_output
+        img_out = hf.vision_model(pixel_values=x).pooler_output
+        if family == "hf_dual":
+            text_out, img_out = hf.text_projection(text_out), hf.visual_projection(img_out)
+        torch.testing.assert_close(ad.encode_text(ids), text_out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ad.encode_image(x), img_out, rtol=1e-5, atol=1e-5)
+    if family == "hf_dual":  # causal: pooled at the first EOS, trimmed after it
+        assert (ad.pooled_index(ids) == (ids == 49407).int().argmax(-1)).all()
+        assert ad.needed_length(ids) < ids.shape[1]
+    else:  # bidirectional and unmasked: the last position, the full length
+        assert (ad.pooled_index(ids) == ids.shape[1] - 1).all() and ad.needed_length(ids) == ids.shape[1]
+        assert ad.model.logit_bias is not None
+
+
+def test_transformers_clip_tokenizer_gives_open_clip_ids(adapters):
+    """The transformers folder's BPE tokenizer and open_clip's agree up to the EOS (the padding
+    token differs: EOS there, 0 in open_clip), so prompts mean the same in both families."""
+    a, b = adapters["hf_dual"].tokenize(TEXTS), adapters["native"].tokenize(TEXTS)
+    for row_a, row_b in zip(a, b):
+        end = int((row_b == 49407).int().argmax()) + 1
+        assert torch.equal(row_a[:end], row_b[:end])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_deep_prompts_reach_both_towers(adapters, family):
+    """Deep prompts work in both towers of every family: a text prompt replaced at block 1,
+    vision prompts appended at the input and replaced at block 1, each moving the features;
+    the prompt tokens are dropped before the local tokens come out."""
+    ad = adapters[family]
+    ids = ad.tokenize(["X X a round implant."])
+    pos = torch.tensor([1, 2])
+    with torch.no_grad():
+        emb = ad.token_embedding(ids)
+        base = ad.encode_text_from_embeddings(emb, ids)
+        deep = ad.encode_text_from_embeddings(emb, ids, deep_prompts=[None, torch.randn(2, ad.text_width)],
+                                              prompt_positions=pos)
+        x = torch.randn(2, 3, ad.image_size, ad.image_size)
+        shallow = [torch.randn(3, ad.vision_width)]
+        img0, img1 = ad.encode_image(x), ad.encode_image(x, prompts=shallow)
+        img2 = ad.encode_image(x, prompts=shallow + [torch.randn(3, ad.vision_width)])
+        tokens = ad.encode_image_tokens(x, prompts=shallow)
+    assert (deep - base).abs().max() > 1e-4
+    assert (img1 - img0).abs().max() > 1e-4 and (img2 - img1).abs().max() > 1e-4
+    assert tokens.shape == ad.encode_image_tokens(x).shape
 
 
 def test_miniclip_real_minilm_text_path_matches(tmp_path):

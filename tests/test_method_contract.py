@@ -1,4 +1,4 @@
-"""The contract every registered method meets, on both tiny tower families.
+"""The contract every registered method meets, on every tiny tower family (SigLIP included).
 
 Parametrised over the registry (as timm tests every model in `list_models()`): a method is
 tested here the moment it registers, with the options of its first few-shot grid entry
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import TINY_NAMES, tiny_knowledge
+from conftest import FAMILIES, TINY_NAMES, tiny_knowledge
 from medkit.config import TrainConfig
 from medkit.experiment import Experiment, Setting
 from medkit.features import FeatureCache
@@ -19,7 +19,7 @@ from medkit.methods import REGISTRY, get_spec, list_methods
 from medkit.methods.base import Method
 from medkit.train import fit, transforms_of
 
-CASES = [(name, family) for name in REGISTRY for family in ("native", "hf")]
+CASES = [(name, family) for name in REGISTRY for family in FAMILIES]
 BASE, NOVEL = TINY_NAMES[:2], TINY_NAMES[2:]
 
 

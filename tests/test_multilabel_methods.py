@@ -16,7 +16,7 @@ from medkit.methods import get_spec
 from medkit.tasks import MULTI_LABEL
 
 FINDINGS = ["Cardiomegaly", "Pleural Effusion", "Edema"]
-FAMILIES = ("native", "hf")
+from conftest import FAMILIES  # noqa: E402  (all three tower families, SigLIP included)
 
 
 def images(adapter, n: int, seed: int = 0) -> torch.Tensor:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from conftest import FAMILIES
 import torch
 import torch.nn.functional as F
 
@@ -22,7 +24,7 @@ def test_registry_names():
         get_method("nope")
 
 
-@pytest.mark.parametrize("family", ["native", "hf"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_single_template_equals_direct_encoding(adapters, family):
     ad = adapters[family]
     clf = ZeroShotClassifier.from_templates(ad, "a photo of a {}.", CLASSES)
@@ -31,7 +33,7 @@ def test_single_template_equals_direct_encoding(adapters, family):
     torch.testing.assert_close(clf.class_features, direct, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["native", "hf"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_ensemble_is_normalised_mean_of_normalised_sentences(adapters, family):
     ad = adapters[family]
     templates = ["a photo of a {}.", "an x-ray of the {}", "{} implant"]

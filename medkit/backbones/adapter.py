@@ -220,6 +220,17 @@ class BackboneAdapter(nn.Module):
         """How many leading positions can reach the pooled feature (the rest is padding)."""
         raise NotImplementedError
 
+    @cached_property
+    def start_tokens(self) -> int:
+        """How many tokens the tokenizer puts before the text: 1 (OpenAI's SOS, BERT's [CLS])
+        or 0 (SigLIP's sentencepiece tokenizer, which only appends its EOS)."""
+        a, b = self.tokenize(["a"])[0], self.tokenize(["b"])[0]
+        return 1 if int(a[0]) == int(b[0]) else 0
+
+    def content_lengths(self, ids: torch.Tensor) -> torch.Tensor:
+        """Per row, the positions up to and including the end token (the rest is padding)."""
+        return self.pooled_index(ids) + 1
+
     def trim(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids cut after the last position that matters: the text tower then runs
         over ~12 positions instead of 77 (or 256), with the same pooled features."""

@@ -27,6 +27,7 @@ from torch import nn
 
 from medkit.backbones import BackboneAdapter
 from medkit.features import ImageEncoder, adapter_encoder
+from medkit.precision import float32
 
 Features = tuple[torch.Tensor, torch.Tensor]
 
@@ -161,10 +162,12 @@ class FrozenBackboneMethod(MethodBase):
         return self.image_encoder().encode(images)
 
     def cosine_logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        """scale · norm(img) · norm(txt)ᵀ; text `[K, E]` or per image `[B, K, E]`."""
-        img = F.normalize(image_features.float(), dim=-1)
-        txt = F.normalize(text_features.float(), dim=-1)
-        scale = self.adapter.logit_scale.float()
-        if txt.dim() == 3:
-            return scale * torch.einsum("be,bke->bk", img, txt)
-        return scale * img @ txt.T
+        """scale · norm(img) · norm(txt)ᵀ; text `[K, E]` or per image `[B, K, E]`; in float32
+        under autocast too (`medkit.precision.float32`)."""
+        with float32(image_features.device):
+            img = F.normalize(image_features.float(), dim=-1)
+            txt = F.normalize(text_features.float(), dim=-1)
+            scale = self.adapter.logit_scale.float()
+            if txt.dim() == 3:
+                return scale * torch.einsum("be,bke->bk", img, txt)
+            return scale * img @ txt.T

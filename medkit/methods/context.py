@@ -21,16 +21,15 @@ POSITIONS = ("end", "middle", "front")
 
 def placeholder_id(adapter: BackboneAdapter) -> int:
     ids = adapter.tokenize([PLACEHOLDER])[0]
-    real = ids[: adapter.needed_length(ids[None])]
-    return int(real[1])  # after the start token (SOS / [CLS])
+    return int(ids[adapter.start_tokens])  # after the start token (SOS / [CLS]), if the tokenizer has one
 
 
 def phrase_embeddings(adapter: BackboneAdapter, phrase: str) -> torch.Tensor:
     """Token embeddings `[T, D]` of a phrase without its start/end tokens."""
     ids = adapter.tokenize([phrase])
-    n = adapter.needed_length(ids)
+    end = int(adapter.content_lengths(ids)[0]) - 1  # the end token's position
     with torch.no_grad():
-        return adapter.token_embedding(ids[:, 1:n - 1])[0].float()
+        return adapter.token_embedding(ids[:, adapter.start_tokens:end])[0].float()
 
 
 def build_prompts(classnames: list[str], n_ctx: int, fixed_words: str = "", position: str = "end",
