@@ -18,6 +18,7 @@ from medkit.backbones import BackboneAdapter
 from medkit.data import Split
 from medkit.data.readers import read_imagefolder
 from medkit.methods import IVLP, CoCoOp, CoOp, MaPLe, VPTDeep, build_vit
+from medkit.methods.base import MethodBase
 from medkit.train import Data, ResumeError, TrainConfig, encode, fit, lr_factor, predict, seed_everything
 
 # read_imagefolder sorts the class folders: labels 0, 1, 2 are these names in this order;
@@ -274,3 +275,52 @@ def test_resume_refuses_a_checkpoint_of_another_run_and_says_what_differs(adapte
     h = fit(same, feats, config=cfg, checkpoint_dir=tmp_path, resume=True, progress=False, fingerprint={"dataset": "a-1234"})
     assert list(h.epoch) == [1, 2]
     torch.testing.assert_close(same.trainable_state(), m.trainable_state(), rtol=0, atol=0)
+
+
+# --- precision --------------------------------------------------------------------------
+
+class _Overflowing(MethodBase):
+    """A linear head whose logits overflow fp16 (65504) but not bf16 or fp32."""
+
+    def __init__(self, dim: int, classes: int, gain: float) -> None:
+        super().__init__()
+        self.head = nn.Linear(dim, classes)
+        self.gain = gain
+
+    def forward(self, x: torch.Tensor, text_features=None) -> torch.Tensor:
+        return self.head(x) * self.gain
+
+
+def test_precision_resolves_per_device_and_rejects_unknown_names():
+    from medkit.precision import resolve
+
+    assert resolve("auto", "cpu") == "fp32" and resolve("bf16", "cpu", amp=False) == "fp32"
+    assert resolve("fp16", "cpu") == "fp16"
+    with pytest.raises(ValueError, match="fp8"):
+        resolve("fp8", "cpu")
+
+
+def test_a_non_finite_loss_stops_the_run_with_the_step_and_what_to_do():
+    from medkit.precision import NonFiniteLoss
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4) * 100, torch.arange(8) % 2
+    cfg = FAST.with_(epochs=2, batch_size=4, validate=False)
+    with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 1: .*under fp16.*'bf16'"):
+        fit(_Overflowing(4, 2, 1e4), (x, y), config=cfg.with_(precision="fp16"), progress=False)
+    history = fit(_Overflowing(4, 2, 1e4), (x, y), config=cfg.with_(precision="fp32"), progress=False)
+    assert np.isfinite(history.train_loss).all()  # the same run in fp32 is fine
+
+
+def test_cosine_logits_stay_float32_under_autocast(adapters, split):
+    m = CoOp(adapters["native"], NAMES, n_ctx=4)
+    feats = torch.randn(3, m.adapter.embed_dim)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.matmul(feats, feats.T).dtype == torch.bfloat16  # autocast is on …
+        logits = m.cosine_logits(feats, m.text_features())
+    assert logits.dtype == torch.float32  # … and the logits are out of it
+    with torch.no_grad():
+        torch.testing.assert_close(logits, m.cosine_logits(feats, m.text_features()), rtol=0, atol=0.05)
+    bf16 = fit(CoOp(adapters["native"], NAMES, n_ctx=4), encode(m, split),
+               config=FAST.with_(epochs=1, precision="bf16"), progress=False)
+    assert np.isfinite(bf16.train_loss).all()
