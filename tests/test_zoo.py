@@ -294,3 +294,13 @@ def test_download_prepares_folders_that_load_offline(layouts, model_configs, tmp
     assert any("text tower config" in line for line in lines)
     with pytest.raises(BackboneNotAvailable, match="by hand"):
         download("chexzero", out, fetch=fake_fetch, progress=lines.append)
+
+
+def test_name_at_path_is_pretrained_in_one_string(layouts):
+    """A notebook's `backbone` parameter is one string: NAME@PATH is NAME with pretrained=PATH."""
+    path, original = layouts["OpenAI-format state dict"]
+    with pytest.warns(UserWarning, match="QuickGELU"):
+        ad = load_backbone(f"tiny-native-clip@{path}")
+    with torch.no_grad():
+        torch.testing.assert_close(ad.encode_text(TEXTS), original.encode_text(TEXTS), rtol=0, atol=1e-5)
+    assert ad.source_args == ("tiny-native-clip", str(path))

@@ -11,6 +11,7 @@ Names users know (`python -m medkit models` lists the zoo):
   CLIPSeg's towers). Offline (`HF_HUB_OFFLINE=1`) both resolve from the local HF cache;
 - a local folder in the hub's layout (open_clip or transformers; what `python -m medkit
   models download` writes), for machines without internet;
+- `"NAME@PATH"`: NAME with `pretrained=PATH` (a state-dict file or folder), in one string;
 - a path to an open_clip model-config JSON (random init, e.g. tiny configs for tests).
 """
 from __future__ import annotations
@@ -69,7 +70,13 @@ def build_offline(names: list[str], data_root: str | Path = "data", progress: bo
 
 def load_backbone(name: str, pretrained: str | None = None, device: str = "cpu",
                   data_root: str | Path = "data", progress: bool = True) -> BackboneAdapter:
-    """The adapter of `name`; its `source` is what loads it again (a fine-tuned copy records it)."""
+    """The adapter of `name`; its `source` is what loads it again (a fine-tuned copy records it).
+
+    `"NAME@PATH"` is `load_backbone(NAME, pretrained=PATH)` in one string (a notebook's
+    `backbone` parameter): `"chexzero@/data/chexzero/best_64_5e-05_original_22000_0.864.pt"`."""
+    name = str(name)
+    if pretrained is None and "@" in name and Path(name.split("@", 1)[1]).expanduser().exists():
+        name, pretrained = name.split("@", 1)
     adapter = _load(str(name), None if pretrained is None else str(pretrained), device, data_root, progress)
     if not hasattr(adapter, "source"):
         adapter.source = str(name) if pretrained is None else f"{name}/{pretrained}"
