@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "medkit"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("config", "atomic", "paths", "profiles"),
+    ("config", "atomic", "paths", "profiles", "precision"),
     ("data", "backbones", "features", "metrics", "multilabel_metrics", "losses", "prompts", "protocols", "runs", "plots",
      "knowledge", "tasks"),
     ("methods",),

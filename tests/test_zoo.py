@@ -57,11 +57,39 @@ def layouts(adapters, model_configs, tmp_path_factory) -> dict[str, tuple[Path, 
                                                adapters["hf"]),
            "transformers CLIP folder": (model_configs["hf_dual"], adapters["hf_dual"]),
            "transformers SigLIP folder": (model_configs["siglip"], adapters["siglip"])}
+    out["transformers CLIPSeg folder (towers)"] = clipseg_folder(root / "clipseg", model_configs["hf_dual"])
     state = dict(adapters["native"].model.state_dict())
     torch.save({**state, "input_resolution": torch.tensor(32), "context_length": torch.tensor(77),
                 "vocab_size": torch.tensor(49408)}, root / "openai-format.pt")  # as OpenAI's archives carry
     out["OpenAI-format state dict"] = (root / "openai-format.pt", adapters["native"])
     return out
+
+
+def clipseg_folder(folder: Path, clip_folder: Path):
+    """A tiny `CLIPSegForImageSegmentation` saved as the hub has CLIPSeg (towers under `clip.`,
+    the decoder beside them), and the adapter of its in-memory towers."""
+    import transformers
+
+    from medkit.backbones.hf_dual import HFDualAdapter, HFDualModel, PaddedTokenizer, transforms_from_processor
+
+    torch.manual_seed(4)
+    tower = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    cfg = transformers.CLIPSegConfig(
+        text_config={**tower, "vocab_size": 49408, "max_position_embeddings": 77, "bos_token_id": 49406,
+                     "eos_token_id": 49407, "pad_token_id": 49407},
+        vision_config={**tower, "image_size": 32, "patch_size": 8}, projection_dim=16, reduce_dim=8,
+        extract_layers=[1, 2], decoder_num_attention_heads=2, decoder_intermediate_size=16)
+    model = transformers.CLIPSegForImageSegmentation(cfg).eval()
+    model.save_pretrained(folder)
+    for f in clip_folder.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "merges", "special")):
+            shutil.copy(f, folder / f.name)
+    (folder / "preprocessor_config.json").write_text(json.dumps({  # CLIPSeg's: 352 squash, bilinear, ImageNet
+        "image_processor_type": "ViTImageProcessor", "size": {"height": 32, "width": 32}, "resample": 2,
+        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))
+    train_tf, eval_tf = transforms_from_processor(folder, 32)
+    tokenizer = PaddedTokenizer(transformers.AutoTokenizer.from_pretrained(folder), 77)
+    return folder, HFDualAdapter(HFDualModel(model.clip), tokenizer, train_tf, eval_tf, "clipseg-in-memory")
 
 
 def load(layout: str, spec):
@@ -73,7 +101,7 @@ def load(layout: str, spec):
 
 
 LAYOUTS = ["open_clip folder", "open_clip folder, HF text tower", "transformers CLIP folder",
-           "transformers SigLIP folder", "OpenAI-format state dict"]
+           "transformers SigLIP folder", "transformers CLIPSeg folder (towers)", "OpenAI-format state dict"]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -94,9 +122,9 @@ def test_every_layout_loads_the_saved_weights_and_runs_zero_shot_and_coop(layout
         torch.testing.assert_close(F.normalize(coop.text_features(), dim=-1), written, rtol=0, atol=1e-5)
     y = torch.arange(len(x)) % len(TINY_NAMES)
     feats = loaded.encode_image(x, normalize=True).detach()
-    opt = torch.optim.SGD([p for p in coop.parameters() if p.requires_grad], lr=0.5)
+    opt = torch.optim.AdamW([p for p in coop.parameters() if p.requires_grad], lr=0.05, weight_decay=0.0)
     losses = []
-    for _ in range(3):
+    for _ in range(8):
         opt.zero_grad()
         loss = F.cross_entropy(coop(feats), y)
         loss.backward()

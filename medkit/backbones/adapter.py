@@ -2,8 +2,9 @@
 
 Prompt methods need a handful of operations: tokenize, look up token embeddings, encode
 text *from embeddings* (so learned context vectors can replace word embeddings), encode
-images, the logit scale and the widths. `BackboneAdapter` gives them for the two tower
-families that cover the field:
+images, the logit scale and the widths. `BackboneAdapter` gives them for the tower families
+that cover the field; the two open_clip families live here, transformers dual encoders
+(PubMedCLIP, MedSigLIP, CLIPSeg's towers) in `hf_dual`:
 
 - `OpenCLIPNativeAdapter`: open_clip's own text transformer (OpenAI CLIP, LAION,
   PubMedCLIP …): causal mask, pooled at the EOT token (argmax of the ids).
@@ -12,6 +13,10 @@ families that cover the field:
   tower's pooler (CLS or mean) then projected.
 
 Methods talk only to this protocol; none of them knows which family it runs on.
+
+Why one module: the protocol's shared image-tower code (vision prompt hooks for timm and
+open_clip ViTs, local tokens) and the two open_clip text families are read together when a
+family is added; splitting them would scatter one contract over three files.
 """
 from __future__ import annotations
 

@@ -272,7 +272,8 @@ def load_hf_dual(folder: str | Path, name: str, device: str = "cpu") -> HFDualAd
     if not weights:
         raise FileNotFoundError(f"{folder}: no weights (model.safetensors or pytorch_model.bin); the folder has "
                                 f"{sorted(p.name for p in folder.iterdir())}")
-    hf, info = _class(kind).from_pretrained(folder, output_loading_info=True)
+    with _quiet_transformers():  # its load report and bars: what matters is raised below
+        hf, info = _class(kind).from_pretrained(folder, output_loading_info=True)
     check_loading_info(info, folder, SUPPORTED[kind][0], _UNUSED_PREFIXES.get(kind, ()))
     from transformers import AutoTokenizer
 
@@ -281,6 +282,21 @@ def load_hf_dual(folder: str | Path, name: str, device: str = "cpu") -> HFDualAd
     train_tf, eval_tf = transforms_from_processor(folder, int(hf.config.vision_config.image_size))
     adapter = HFDualAdapter(HFDualModel(hf.eval()), PaddedTokenizer(tokenizer, context), train_tf, eval_tf, name)
     return adapter.to(device)
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def check_loading_info(info: dict, source: Path | str, architecture: str, unused_prefixes: tuple[str, ...] = ()) -> None:
