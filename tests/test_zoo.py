@@ -332,3 +332,31 @@ def test_name_at_path_is_pretrained_in_one_string(layouts):
     with torch.no_grad():
         torch.testing.assert_close(ad.encode_text(TEXTS), original.encode_text(TEXTS), rtol=0, atol=1e-5)
     assert ad.source_args == ("tiny-native-clip", str(path))
+
+
+def test_one_set_of_weights_is_downloaded_and_hub_errors_say_what_to_do(monkeypatch):
+    """Repos hold the same weights twice (.bin and .safetensors) or in shards: one set is
+    fetched. A gated repo and an unknown one get messages that say what to do."""
+    import huggingface_hub
+
+    from medkit.backbones import local
+
+    listings = {"both": ["open_clip_config.json", "open_clip_pytorch_model.bin", "open_clip_model.safetensors"],
+                "shards": ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+                           "model-00002-of-00002.safetensors"], "none": ["README.md"]}
+
+    class FakeApi:
+        def list_repo_files(self, repo_id, revision=None):
+            return listings[repo_id]
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    assert local._pick_weights("both", None, ()) == ["open_clip_model.safetensors"]
+    assert local._pick_weights("both", None, ("open_clip_pytorch_model.bin",)) == ["open_clip_pytorch_model.bin"]
+    assert local._pick_weights("shards", None, ()) == ["model.safetensors.index.json", "model-*.safetensors"]
+    with pytest.raises(BackboneNotAvailable, match="no weights file"):
+        local._pick_weights("none", None, ())
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    gated = type("GatedRepoError", (Exception,), {})
+    assert "HF_TOKEN" in str(local._hub_error("google/medsiglip-448", gated("401")))
+    missing = type("RepositoryNotFoundError", (Exception,), {})
+    assert "no such repository" in str(local._hub_error("org/typo", missing("404")))

@@ -246,19 +246,25 @@ def hub_snapshot(repo_id: str, revision: str | None = None, weights: tuple[str, 
     try:
         if is_offline():
             return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
-        patterns = SNAPSHOT_PATTERNS + [_pick_weights(repo_id, revision, weights)]
+        patterns = SNAPSHOT_PATTERNS + _pick_weights(repo_id, revision, weights)
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except Exception as e:  # noqa: BLE001 — huggingface_hub's errors, said with what to do
         raise _hub_error(repo_id, e) from e
 
 
-def _pick_weights(repo_id: str, revision: str | None, preferred: tuple[str, ...]) -> str:
+def _pick_weights(repo_id: str, revision: str | None, preferred: tuple[str, ...]) -> list[str]:
+    """One set of weights (repos often hold the same weights as .bin and .safetensors, or in
+    shards with an index): the patterns to download."""
     from huggingface_hub import HfApi
 
     files = HfApi().list_repo_files(repo_id, revision=revision)
     for name in (*preferred, *OPEN_CLIP_WEIGHTS):
         if name in files:
-            return name
+            return [name]
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if index in files:
+            stem = index.removesuffix(".index.json").rsplit(".", 1)
+            return [index, f"{stem[0]}-*.{stem[1]}"]
     raise BackboneNotAvailable(f"{repo_id}: no weights file among {files[:20]}")
 
 

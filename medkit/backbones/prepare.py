@@ -27,7 +27,7 @@ def hub_fetch(repo_id: str, target: Path, weights: tuple[str, ...] = ()) -> str 
     from huggingface_hub import HfApi, snapshot_download
 
     try:
-        patterns = SNAPSHOT_PATTERNS + [_pick_weights(repo_id, None, weights)]
+        patterns = SNAPSHOT_PATTERNS + _pick_weights(repo_id, None, weights)
         snapshot_download(repo_id, allow_patterns=patterns, local_dir=target)
         return HfApi().model_info(repo_id).sha
     except Exception as e:  # noqa: BLE001
