@@ -85,7 +85,7 @@ def _models(args) -> int:
         for key in args.keys:
             try:
                 download(key, args.to)
-            except (BackboneNotAvailable, KeyError, NotImplementedError) as e:
+            except (BackboneNotAvailable, KeyError, NotImplementedError, OSError, ValueError) as e:
                 print(f"✗ {key}: {e}", file=sys.stderr)
                 failed += 1
         return 1 if failed else 0
@@ -94,10 +94,11 @@ def _models(args) -> int:
 
     try:
         adapter = load_backbone(args.name, args.weights, device=args.device)
-    except (FileNotFoundError, ValueError, KeyError, NotImplementedError) as e:
+    except (OSError, ValueError, KeyError, NotImplementedError, RuntimeError) as e:
         print(f"✗ {args.name}: {e}", file=sys.stderr)
         return 1
-    recorded = zoo.ZOO[args.name].known_answer if args.name in zoo.ZOO else None
+    key = args.name.split("@", 1)[0]  # NAME@PATH: the entry's record
+    recorded = zoo.ZOO[key].known_answer if key in zoo.ZOO else None
     result = check(adapter, recorded)
     print(result.report(args.name))
     return {True: 0, False: 1, None: 2}[result.passed]

@@ -261,6 +261,8 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
         for group, base in zip(opt.param_groups, sched.base_lrs):
             group["lr"] = base * lr_factor(start_epoch, cfg)
         torch.set_rng_state(state["torch_rng"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])  # fp16: resume at the loss scale reached
     gen = torch.Generator().manual_seed(cfg.seed)
     steps = len(loader(method, train, cfg.batch_size, True, cfg.augment, gen, seed=cfg.seed)) if progress is True else 0
     steps = min(steps, cfg.max_steps_per_epoch or steps)
@@ -325,7 +327,8 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
             atomic_torch_save({"epoch": epoch, "method": method.trainable_state(), "optimizer": opt.state_dict(),
                                "scheduler": sched.state_dict(), "history": history, "best_acc": best_acc,
                                "best_state": best_state, "stale": stale, "torch_rng": torch.get_rng_state(),
-                               "config": asdict(cfg), "fingerprint": ident, "steps": steps_log},
+                               "config": asdict(cfg), "fingerprint": ident, "steps": steps_log,
+                               "scaler": scaler.state_dict() if scaler is not None else None},
                               ckpt)  # never a half-written checkpoint
         stop = any(cb(row, method) for cb in callbacks)
         if stop or (cfg.patience is not None and stale >= cfg.patience):

@@ -85,11 +85,11 @@ def clipseg_folder(folder: Path, clip_folder: Path):
         if f.name.startswith(("tokenizer", "vocab", "merges", "special")):
             shutil.copy(f, folder / f.name)
     (folder / "preprocessor_config.json").write_text(json.dumps({  # CLIPSeg's: 352 squash, bilinear, ImageNet
-        "image_processor_type": "ViTImageProcessor", "size": {"height": 32, "width": 32}, "resample": 2,
+        "image_processor_type": "ViTImageProcessor", "size": {"height": 48, "width": 48}, "resample": 2,
         "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))
-    train_tf, eval_tf = transforms_from_processor(folder, 32)
+    train_tf, eval_tf = transforms_from_processor(folder, 48)  # more than the config's 32, as 352 vs 224
     tokenizer = PaddedTokenizer(transformers.AutoTokenizer.from_pretrained(folder), 77)
-    return folder, HFDualAdapter(HFDualModel(model.clip), tokenizer, train_tf, eval_tf, "clipseg-in-memory")
+    return folder, HFDualAdapter(HFDualModel(model.clip, 48), tokenizer, train_tf, eval_tf, "clipseg-in-memory")
 
 
 def load(layout: str, spec):
@@ -360,3 +360,52 @@ def test_one_set_of_weights_is_downloaded_and_hub_errors_say_what_to_do(monkeypa
     assert "HF_TOKEN" in str(local._hub_error("google/medsiglip-448", gated("401")))
     missing = type("RepositoryNotFoundError", (Exception,), {})
     assert "no such repository" in str(local._hub_error("org/typo", missing("404")))
+
+
+def test_clipseg_towers_take_the_processor_size_with_interpolated_positions(layouts):
+    """CLIPSeg feeds 352 px to towers configured at 224 (position embeddings interpolated): the
+    adapter's image size and both transforms are the processor's, not the config's."""
+    ad = load_backbone(str(layouts["transformers CLIPSeg folder (towers)"][0]))
+    assert ad.image_size == 48 != ad.model.visual.vision_model.config.image_size
+    im = probe_images()[0]
+    assert ad.preprocess(im).shape[-1] == 48 and ad.preprocess_train(im).shape[-1] == 48
+    with torch.no_grad():
+        assert ad.encode_image_tokens(ad.preprocess(im)[None]).shape[1] == 1 + (48 // 8) ** 2
+
+
+def test_loading_mistakes_are_errors_that_say_what(adapters, layouts, tmp_path):
+    torch.save({}, tmp_path / "empty.pt")
+    with pytest.raises(ValueError, match="empty.pt"):
+        load_backbone("tiny-native-clip", pretrained=str(tmp_path / "empty.pt"))
+    state = dict(adapters["native"].model.state_dict())
+    state["visual.positional_embedding"] = torch.zeros(26, 32)  # a larger image size: no silent resizing
+    torch.save(state, tmp_path / "bigger.pt")
+    with pytest.raises(CheckpointMismatch, match="visual.positional_embedding"):
+        load_backbone("tiny-native-clip", pretrained=str(tmp_path / "bigger.pt"))
+    with pytest.raises(FileNotFoundError, match="no such model folder"):
+        load_backbone("./models/typo")
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        load_backbone("chexzero@/nowhere/best.pt")
+    with pytest.raises(ValueError, match="ARCHITECTURE"):
+        load_backbone("pubmedclip", pretrained=str(layouts["OpenAI-format state dict"][0]))
+
+
+def test_a_siglip_style_open_clip_tower_finds_where_the_text_ends(model_configs, tmp_path):
+    """open_clip SigLIP: bidirectional text pooled at the last position, so the pooled index
+    says nothing about where the text ends; the tokenizer's end token does (CoOp's init
+    phrase is its 4 words, not words + end + padding)."""
+    cfg = tmp_path / "tiny-siglip-open-clip.json"
+    cfg.write_text(json.dumps({
+        "embed_dim": 16, "custom_text": True, "init_logit_bias": -10,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2,
+                     "no_causal_mask": True, "pool_type": "last", "proj_bias": True,
+                     "hf_tokenizer_name": str(model_configs["hf_dual"].parent / "clip-bpe-tokenizer")}}))
+    ad = load_backbone(str(cfg))
+    assert ad.pools_fixed_position and ad.needed_length(ad.tokenize(TEXTS)) == 24
+    ids = ad.tokenize(["a photo of a"])
+    assert int(ad.content_lengths(ids)[0]) == 6  # start, 4 words, end
+    coop = CoOp(ad, TINY_NAMES, n_ctx=4, ctx_init="a photo of a")
+    with torch.no_grad():
+        written = ad.encode_text([f"a photo of a {c}." for c in TINY_NAMES], normalize=True)
+        torch.testing.assert_close(F.normalize(coop.text_features(), dim=-1), written, rtol=0, atol=1e-5)

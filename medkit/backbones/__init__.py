@@ -45,6 +45,9 @@ def save_finetuned(adapter: BackboneAdapter, name: str, data_root: str | Path = 
     path = finetuned_path(name, data_root)
     path.parent.mkdir(parents=True, exist_ok=True)
     base = getattr(adapter, "source_args", (getattr(adapter, "source", adapter.name), None))
+    if base[0] == name:
+        raise ValueError(f"a fine-tuned backbone cannot be kept under its base's own name {name!r}: "
+                         "load_backbone would then load itself; choose another name")
     atomic_torch_save({"base": base[0], "base_pretrained": base[1], "state": adapter.model.state_dict()}, path)
     return path
 
@@ -75,12 +78,20 @@ def load_backbone(name: str, pretrained: str | None = None, device: str = "cpu",
     `"NAME@PATH"` is `load_backbone(NAME, pretrained=PATH)` in one string (a notebook's
     `backbone` parameter): `"chexzero@/data/chexzero/best_64_5e-05_original_22000_0.864.pt"`."""
     name = str(name)
-    if pretrained is None and "@" in name and Path(name.split("@", 1)[1]).expanduser().exists():
-        name, pretrained = name.split("@", 1)
+    if pretrained is None and "@" in name:
+        head, tail = name.split("@", 1)
+        if Path(tail).expanduser().exists():
+            name, pretrained = head, tail
+        elif _looks_like_path(tail):
+            raise FileNotFoundError(f"{name}: no such file or folder {tail}")
+    if _looks_like_path(name) and not name.endswith(".json") and not Path(name).expanduser().exists() \
+            and not finetuned_path(name, data_root).is_file():
+        raise FileNotFoundError(f"no such model folder or file: {name}")
     adapter = _load(str(name), None if pretrained is None else str(pretrained), device, data_root, progress)
     if not hasattr(adapter, "source"):
-        adapter.source = str(name) if pretrained is None else f"{name}/{pretrained}"
-        adapter.source_args = (str(name), None if pretrained is None else str(pretrained))
+        is_path = pretrained is not None and Path(pretrained).expanduser().exists()
+        adapter.source = name if pretrained is None else f"{name}{'@' if is_path else '/'}{pretrained}"
+        adapter.source_args = (name, None if pretrained is None else str(pretrained))
     return adapter
 
 
@@ -122,6 +133,12 @@ def _load(name: str, pretrained: str | None, device: str, data_root: str | Path,
             return local.load_folder(local.hub_snapshot(name), name, device)
         name, pretrained = arch, tag
     return _open_clip_tag(name, pretrained, device)
+
+
+def _looks_like_path(name: str) -> bool:
+    """A filesystem path rather than a hub id (`org/repo` has one slash and no leading dot)."""
+    return (name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+            or name.endswith((".pt", ".pth", ".bin", ".safetensors")))
 
 
 def _is_open_clip_architecture(name: str) -> bool:
@@ -174,7 +191,17 @@ def _load_zoo(key: str, pretrained: str | None, device: str) -> BackboneAdapter:
         adapter = local.load_state_dict_file(e.architecture, pretrained, device, e.preprocess)
         adapter.name = key
         return adapter
-    if e.route == "open_clip":
+    if pretrained is not None and Path(pretrained).expanduser().is_file():
+        if e.route != "open_clip":
+            raise ValueError(f"{key}: pretrained={pretrained!r} is a file, but {key} loads from a hub repo or a "
+                             "folder in its layout; a bare state dict needs its architecture: "
+                             "load_backbone(ARCHITECTURE, pretrained=FILE)")
+        import open_clip
+
+        arch, tag = e.source.split("/", 1)
+        quick = bool((open_clip.get_pretrained_cfg(arch, tag) or {}).get("quick_gelu", False))
+        adapter = local.load_state_dict_file(arch, pretrained, device, quick_gelu=quick)
+    elif e.route == "open_clip":
         arch, tag = e.source.split("/", 1)
         adapter = _open_clip_tag(arch, pretrained or tag, device)
     else:

@@ -233,8 +233,17 @@ class BackboneAdapter(nn.Module):
         return 1 if int(a[0]) == int(b[0]) else 0
 
     def content_lengths(self, ids: torch.Tensor) -> torch.Tensor:
-        """Per row, the positions up to and including the end token (the rest is padding)."""
-        return self.pooled_index(ids) + 1
+        """Per row, the positions up to and including the end token (the rest is padding).
+        Towers that pool the end token give it directly; towers that pool a fixed position
+        (SigLIP's last) search the tokenizer's end token."""
+        if not self.pools_fixed_position:
+            return self.pooled_index(ids) + 1
+        return first_end_lengths(ids, end_token_id(self.tokenizer))
+
+    @property
+    def pools_fixed_position(self) -> bool:
+        """Whether the pooled position is fixed (SigLIP's last) rather than the end token."""
+        return False
 
     def trim(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids cut after the last position that matters: the text tower then runs
@@ -324,6 +333,11 @@ class OpenCLIPNativeAdapter(BackboneAdapter):
         if pool == "first":
             return torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
         return torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long, device=ids.device)
+
+    @property
+    def pools_fixed_position(self) -> bool:
+        t = self._text()
+        return getattr(t, "text_pool_type", getattr(t, "pool_type", "argmax")) in ("last", "first")
 
     def text_blocks(self) -> list[nn.Module]:
         return list(self._text().transformer.resblocks)
@@ -415,6 +429,25 @@ class HFTextAdapter(BackboneAdapter):
         mask = self.attention_mask(ids.to(embeddings.device))
         out = hf.transformer(inputs_embeds=embeddings, attention_mask=mask)
         return hf.proj(hf.pooler(out, mask))
+
+
+def end_token_id(tokenizer) -> int | None:
+    """The end-of-text id of a medkit tokenizer callable (open_clip's SimpleTokenizer or
+    HFTokenizer, or a transformers tokenizer wrapped by `hf_dual.PaddedTokenizer`)."""
+    if getattr(tokenizer, "eot_token_id", None) is not None:
+        return int(tokenizer.eot_token_id)
+    inner = getattr(tokenizer, "tokenizer", None)
+    eos = getattr(inner, "eos_token_id", None)
+    return None if eos is None else int(eos)
+
+
+def first_end_lengths(ids: torch.Tensor, end: int | None) -> torch.Tensor:
+    """Per row, the position after the first `end` token (the full length where there is none)."""
+    full = torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long, device=ids.device)
+    if end is None:
+        return full
+    hit = ids == end
+    return torch.where(hit.any(-1), hit.int().argmax(-1) + 1, full)
 
 
 def replace_positions(x: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -37,21 +37,29 @@ class HFVisionTower(nn.Module):
     """A transformers vision model and its projection into the joint space (Identity for
     SigLIP, whose attention-pooling head already gives the joint feature)."""
 
-    def __init__(self, vision_model: nn.Module, proj: nn.Module) -> None:
+    def __init__(self, vision_model: nn.Module, proj: nn.Module, input_size: int | None = None) -> None:
         super().__init__()
         self.vision_model = vision_model
         self.proj = proj
+        #: what the folder's processor feeds (CLIPSeg: 352 px into a 224-px config, its position
+        #: embeddings interpolated); the config's size where there is no processor
+        self.input_size = int(input_size or vision_model.config.image_size)
 
     @property
     def image_size(self) -> int:
-        return int(self.vision_model.config.image_size)
+        return self.input_size
+
+    def _run(self, pixel_values: torch.Tensor):
+        if pixel_values.shape[-1] != int(self.vision_model.config.image_size):
+            return self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=True)
+        return self.vision_model(pixel_values=pixel_values)
 
     @property
     def has_class_token(self) -> bool:
         return hasattr(self.vision_model, "pre_layrnorm")  # CLIP-style; SigLIP has neither
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        out = self.vision_model(pixel_values=pixel_values)
+        out = self._run(pixel_values)
         if out.pooler_output is None:
             raise NotImplementedError("this SigLIP vision tower has no pooling head (vision_use_head=False)")
         return self.proj(out.pooler_output)
@@ -60,7 +68,7 @@ class HFVisionTower(nn.Module):
         """(pooled feature, local tokens), both projected. CLIP: the final norm and projection
         per patch token (the ViT analogue of DualCoOp's per-position projection); SigLIP: the
         normed patch tokens (its pooling head mixes all positions, it has no per-token form)."""
-        out = self.vision_model(pixel_values=pixel_values)
+        out = self._run(pixel_values)
         hidden = out.last_hidden_state
         if self.has_class_token:
             local = self.vision_model.post_layernorm(hidden[:, 1:])
@@ -87,7 +95,7 @@ class HFDualModel(nn.Module):
     the transformers model, so each parameter is registered once; `hf` keeps the original
     for `save_pretrained`."""
 
-    def __init__(self, hf: nn.Module) -> None:
+    def __init__(self, hf: nn.Module, input_size: int | None = None) -> None:
         super().__init__()
         kind = hf.config.model_type
         if kind not in SUPPORTED:
@@ -95,7 +103,7 @@ class HFDualModel(nn.Module):
                              f"(supported: {sorted(SUPPORTED)})")
         self.kind = kind
         self.causal = SUPPORTED[kind][1]
-        self.visual = HFVisionTower(hf.vision_model, getattr(hf, "visual_projection", None) or nn.Identity())
+        self.visual = HFVisionTower(hf.vision_model, getattr(hf, "visual_projection", None) or nn.Identity(), input_size)
         self.text = HFTextTower(hf.text_model, getattr(hf, "text_projection", None) or nn.Identity())
         self.logit_scale = hf.logit_scale
         self.logit_bias = getattr(hf, "logit_bias", None)  # SigLIP's sigmoid bias (None for CLIP)
@@ -156,15 +164,9 @@ class HFDualAdapter(BackboneAdapter):
             return ids.argmax(dim=-1)
         return (ids == eos).int().argmax(dim=-1)
 
-    def content_lengths(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.model.causal:
-            return self.pooled_index(ids) + 1
-        # SigLIP pools the last (padding) position: the text ends at its first EOS
-        eos = getattr(getattr(self.tokenizer, "tokenizer", None), "eos_token_id", None)
-        if eos is None:
-            return torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long, device=ids.device)
-        hit = ids == eos
-        return torch.where(hit.any(-1), hit.int().argmax(-1) + 1, torch.full_like(ids[:, 0], ids.shape[1]))
+    @property
+    def pools_fixed_position(self) -> bool:
+        return not self.model.causal  # SigLIP pools the last (padding) position
 
     def text_blocks(self) -> list[nn.Module]:
         return list(self._text_model.encoder.layers)
@@ -275,12 +277,14 @@ def load_hf_dual(folder: str | Path, name: str, device: str = "cpu") -> HFDualAd
     with _quiet_transformers():  # its load report and bars: what matters is raised below
         hf, info = _class(kind).from_pretrained(folder, output_loading_info=True)
     check_loading_info(info, folder, SUPPORTED[kind][0], _UNUSED_PREFIXES.get(kind, ()))
+    hf = hf.float()  # transformers 5 keeps the checkpoint's dtype ("auto"), 4.x gives fp32: fp32 in both
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     context = int(hf.config.text_config.max_position_embeddings)
-    train_tf, eval_tf = transforms_from_processor(folder, int(hf.config.vision_config.image_size))
-    adapter = HFDualAdapter(HFDualModel(hf.eval()), PaddedTokenizer(tokenizer, context), train_tf, eval_tf, name)
+    size = processor_size(folder) or int(hf.config.vision_config.image_size)
+    train_tf, eval_tf = transforms_from_processor(folder, size)
+    adapter = HFDualAdapter(HFDualModel(hf.eval(), size), PaddedTokenizer(tokenizer, context), train_tf, eval_tf, name)
     return adapter.to(device)
 
 
@@ -302,10 +306,11 @@ def _quiet_transformers() -> Iterator[None]:
 def check_loading_info(info: dict, source: Path | str, architecture: str, unused_prefixes: tuple[str, ...] = ()) -> None:
     """transformers' `output_loading_info` as an error: it would otherwise initialise the
     missing tensors at random and only log a warning."""
-    missing = [k for k in info.get("missing_keys", []) if not k.endswith(_BENIGN_MISSING)]
-    unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith(unused_prefixes)
-                  and not k.endswith(_BENIGN_MISSING)]
-    mismatched = [f"{k}: file {tuple(a)} vs model {tuple(b)}" for k, a, b in info.get("mismatched_keys", [])]
+    missing = sorted(k for k in info.get("missing_keys", []) if not k.endswith(_BENIGN_MISSING))
+    unexpected = sorted(k for k in info.get("unexpected_keys", []) if not k.startswith(unused_prefixes)
+                        and not k.endswith(_BENIGN_MISSING))
+    mismatched = sorted(f"{k}: file {tuple(a)} vs model {tuple(b)}" for k, a, b in info.get("mismatched_keys", []))
+    mismatched += [str(m) for m in info.get("error_msgs", []) or []]
     if missing or unexpected or mismatched:
         raise CheckpointMismatch(source, architecture, missing, unexpected, mismatched)
 
@@ -316,6 +321,20 @@ _RESAMPLE = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 
 def to_rgb(image):
     """Grayscale radiographs (and RGBA) as the 3-channel images the towers were trained on."""
     return image.convert("RGB")
+
+
+def processor_size(folder: Path) -> int | None:
+    """The square size the folder's processor produces (crop, or height/width, or shortest edge)."""
+    path = Path(folder) / "preprocessor_config.json"
+    if not path.is_file():
+        return None
+    cfg = json.loads(path.read_text())
+    size = cfg.get("crop_size") if cfg.get("do_center_crop", False) else cfg.get("size")
+    if isinstance(size, int):
+        return size
+    if isinstance(size, dict):
+        return int(size.get("height") or size.get("shortest_edge") or 0) or None
+    return None
 
 
 def transforms_from_processor(folder: Path, image_size: int) -> tuple[Callable, Callable]:

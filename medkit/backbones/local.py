@@ -42,6 +42,12 @@ SNAPSHOT_PATTERNS = ["*.json", "*.txt", "*.model"]
 OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message in one line (some have none: say the type)."""
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:200]
+
+
 def is_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
@@ -111,7 +117,7 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
     try:
         state = load_state_dict(str(path), weights_only=True)
     except Exception as e:  # noqa: BLE001 — pickles beyond tensors: say which file, not torch's internals
-        raise ValueError(f"{path}: not a readable state dict ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        raise ValueError(f"{path}: not a readable state dict ({type(e).__name__}: {first_line(e)})") from e
     if isinstance(state, dict) and isinstance(state.get("model"), dict) and not any(
             isinstance(v, torch.Tensor) for v in state.values()):
         state = state["model"]  # {"model": state_dict, "epoch": …} training checkpoints
@@ -130,12 +136,11 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def load_checkpoint_strict(model: nn.Module, path: Path, architecture: str) -> bool:
-    """open_clip's conversions (third-party layouts, old text key names, positional-embedding
-    resizing), then a strict load; any missing, unexpected or mis-shaped key raises
+    """open_clip's conversions (third-party layouts, old text key names), then a strict load; any missing, unexpected or mis-shaped key raises
     `CheckpointMismatch` with the keys, before a single tensor is copied. Returns whether the
     file was in OpenAI's own format."""
     from open_clip.convert import convert_state_dict
-    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+    from open_clip.model import convert_to_custom_text_state_dict
 
     state, openai = read_state_dict(path)
     state = convert_state_dict(model, state)
@@ -146,8 +151,8 @@ def load_checkpoint_strict(model: nn.Module, path: Path, architecture: str) -> b
         if key in state and own is not None and own.ndim != state[key].ndim:
             state[key] = state[key].reshape(own.shape)
     state.pop("text.transformer.embeddings.position_ids", None)  # dropped by transformers 4.31
-    resize_pos_embed(state, model)
-    resize_text_pos_embed(state, model)
+    # no positional-embedding interpolation (open_clip's load_checkpoint does it silently): a
+    # 384-px or 64-token checkpoint in a 224-px / 77-token architecture is a wrong architecture
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -203,14 +208,15 @@ def load_open_clip_folder(folder: Path, name: str, device: str = "cpu", tokenize
 
 
 def load_state_dict_file(architecture: str, path: str | Path, device: str = "cpu",
-                         preprocess: dict | None = None) -> BackboneAdapter:
+                         preprocess: dict | None = None, quick_gelu: bool = False) -> BackboneAdapter:
     """An open_clip architecture (`ViT-B-32-quickgelu`, …) with weights from a bare state-dict
     file. OpenAI-format state dicts (CheXzero's) share open_clip's key names but not its
     activation: they need the `-quickgelu` architecture. A file that shows it is OpenAI's
     (a TorchScript archive, or its meta keys) loaded into a GELU architecture warns: the keys
     fit, the features would not. A plain state dict cannot tell; the zoo entry names the
     architecture. `preprocess`: open_clip `PreprocessCfg` fields the weights were trained with
-    (default: OpenAI's mean/std, shortest-side resize and centre crop)."""
+    (default: OpenAI's mean/std, shortest-side resize and centre crop); `quick_gelu`: force
+    OpenAI's activation (an OpenAI tag's architecture given a file)."""
     import warnings
 
     import open_clip
@@ -220,6 +226,8 @@ def load_state_dict_file(architecture: str, path: str | Path, device: str = "cpu
     if cfg is None:
         close = [m for m in open_clip.list_models() if architecture.lower().split("-")[0] in m.lower()][:8]
         raise ValueError(f"unknown open_clip architecture {architecture!r} for {path}; e.g. {close}")
+    if quick_gelu:
+        cfg = {**cfg, "quick_gelu": True}
     model = build_open_clip(cfg, architecture)
     if load_checkpoint_strict(model, path, architecture) and not cfg.get("quick_gelu", False):
         warnings.warn(f"{path} is an OpenAI-format checkpoint but {architecture} uses GELU, not OpenAI's "
@@ -249,6 +257,12 @@ def hub_snapshot(repo_id: str, revision: str | None = None, weights: tuple[str, 
         patterns = SNAPSHOT_PATTERNS + _pick_weights(repo_id, revision, weights)
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except Exception as e:  # noqa: BLE001 — huggingface_hub's errors, said with what to do
+        if not is_offline() and type(e).__name__ not in ("GatedRepoError", "RepositoryNotFoundError",
+                                                          "RevisionNotFoundError"):
+            try:  # no network but HF_HUB_OFFLINE unset: a cached snapshot still serves
+                return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+            except Exception:  # noqa: BLE001
+                pass
         raise _hub_error(repo_id, e) from e
 
 
@@ -277,7 +291,8 @@ def _hub_error(repo_id: str, e: Exception) -> Exception:
             f"{repo_id} is gated: accept its terms at https://huggingface.co/{repo_id}, then `hf auth login` "
             "(or set HF_TOKEN) and run again")
     if kind in ("RepositoryNotFoundError", "RevisionNotFoundError"):
-        return BackboneNotAvailable(f"{repo_id}: no such repository or revision on the HuggingFace hub ({kind})")
+        return BackboneNotAvailable(f"{repo_id}: no such repository or revision on the HuggingFace hub ({kind}), "
+                                    "and no local folder of that name")
     if is_offline() or kind in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
         from huggingface_hub import constants
 
@@ -285,4 +300,5 @@ def _hub_error(repo_id: str, e: Exception) -> Exception:
             f"{repo_id} is not in the local HuggingFace cache ({constants.HF_HUB_CACHE}) and the hub cannot be "
             "reached" + (" (HF_HUB_OFFLINE=1)" if is_offline() else "") + ": on a machine with internet run "
             f"`python -m medkit models download NAME --to DIR`, copy DIR here and load_backbone('DIR/NAME')")
-    return BackboneNotAvailable(f"{repo_id}: could not be fetched ({kind}: {str(e).splitlines()[0][:200]})")
+    return BackboneNotAvailable(f"{repo_id}: could not be fetched ({kind}: {first_line(e)}); a local folder of "
+                                "that name does not exist either")

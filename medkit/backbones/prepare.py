@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import BackboneNotAvailable
-from .local import OPEN_CLIP_CONFIG, SNAPSHOT_PATTERNS, TEXT_CONFIG_DIR, _hub_error, _pick_weights
+from .local import OPEN_CLIP_CONFIG, SNAPSHOT_PATTERNS, TEXT_CONFIG_DIR, _hub_error, _pick_weights, first_line
 from .zoo import ZooEntry, entry
 
 #: fetch(repo_id, target folder, preferred weight files) → the revision fetched
@@ -49,11 +49,18 @@ def download(key: str, to: str | Path, fetch: Fetch = hub_fetch, progress: Calla
     partial.mkdir(parents=True)
     repo = e.hub_id or _open_clip_tag_repo(e)
     progress(f"{key}: fetching {repo} …")
-    revision = fetch(repo, partial, e.weights_file)
-    if e.route == "open_clip":
-        _ensure_open_clip_config(e, partial)
-    if e.route in ("open_clip", "open_clip_hub"):
-        _save_text_tower(partial, progress)
+    try:
+        revision = fetch(repo, partial, e.weights_file)
+        if e.route == "open_clip":
+            _ensure_open_clip_config(e, partial)
+        if e.route in ("open_clip", "open_clip_hub"):
+            _save_text_tower(partial, progress)
+    except OSError as err:  # the text tower's config or tokenizer could not be fetched
+        shutil.rmtree(partial, ignore_errors=True)
+        raise BackboneNotAvailable(f"{key}: {first_line(err)}") from err
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     (partial / "medkit_source.json").write_text(json.dumps(
         {"key": key, "source": e.source, "repo": repo, "revision": revision, "route": e.route,
          "downloaded": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
@@ -80,11 +87,15 @@ def _ensure_open_clip_config(e: ZooEntry, folder: Path) -> None:
     architecture config and the tag's preprocessing (QuickGELU where the tag needs it)."""
     import open_clip
 
-    if (folder / OPEN_CLIP_CONFIG).is_file():
-        return
     arch, tag = e.source.split("/", 1)
-    model_cfg = dict(open_clip.get_model_config(arch))
     tag_cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+    if (folder / OPEN_CLIP_CONFIG).is_file():  # the repo's own: make sure it says QuickGELU where the tag does
+        config = json.loads((folder / OPEN_CLIP_CONFIG).read_text())
+        if tag_cfg.get("quick_gelu") and not config.get("model_cfg", {}).get("quick_gelu"):
+            config.setdefault("model_cfg", {})["quick_gelu"] = True
+            (folder / OPEN_CLIP_CONFIG).write_text(json.dumps(config, indent=1))
+        return
+    model_cfg = dict(open_clip.get_model_config(arch))
     if tag_cfg.get("quick_gelu"):
         model_cfg["quick_gelu"] = True
     preprocess = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
