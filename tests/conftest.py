@@ -97,6 +97,32 @@ def write_hf_dual(folder: Path, kind: str = "clip", tokenizer: Path | None = Non
     return folder
 
 
+def write_clipseg(folder: Path, clip_folder: Path):
+    """A tiny `CLIPSegForImageSegmentation` saved as the hub has CLIPSeg (towers under `clip.`,
+    the decoder beside them; its processor feeds 48 px to towers configured at 32, as the real
+    one feeds 352 to 224, positions interpolated); returns the in-memory model."""
+    import shutil
+
+    import transformers
+
+    torch.manual_seed(4)
+    tower = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 64}
+    cfg = transformers.CLIPSegConfig(
+        text_config={**tower, "vocab_size": 49408, "max_position_embeddings": 77, "bos_token_id": 49406,
+                     "eos_token_id": 49407, "pad_token_id": 49407},
+        vision_config={**tower, "image_size": 32, "patch_size": 8}, projection_dim=16, reduce_dim=8,
+        extract_layers=[1, 2], decoder_num_attention_heads=2, decoder_intermediate_size=16)
+    model = transformers.CLIPSegForImageSegmentation(cfg).eval()
+    model.save_pretrained(folder)
+    for f in clip_folder.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "merges", "special")):
+            shutil.copy(f, folder / f.name)
+    (folder / "preprocessor_config.json").write_text(json.dumps({  # CLIPSeg's: squash, bilinear, ImageNet
+        "image_processor_type": "ViTImageProcessor", "size": {"height": 48, "width": 48}, "resample": 2,
+        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))
+    return model
+
+
 @pytest.fixture(scope="session")
 def model_configs(tmp_path_factory) -> dict[str, Path]:
     """Tiny randomly initialised models of the three tower families: open_clip model-config

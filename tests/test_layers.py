@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1] / "medkit"
 
 LAYERS: list[tuple[str, ...]] = [
     ("config", "atomic", "paths", "profiles", "precision"),
-    ("data", "backbones", "features", "metrics", "multilabel_metrics", "losses", "prompts", "protocols", "runs", "plots",
+    ("data", "backbones", "seg", "features", "metrics", "multilabel_metrics", "losses", "prompts", "protocols", "runs", "plots",
      "knowledge", "tasks"),
     ("methods",),
     ("train",),

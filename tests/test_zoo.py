@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from conftest import REPO, TINY_NAMES
+from conftest import REPO, TINY_NAMES, write_clipseg
 from medkit.backbones import BackboneNotAvailable, CheckpointMismatch, load_backbone, zoo
 from medkit.backbones.check import PROMPTS, check, probe, probe_images
 from medkit.backbones.local import OPEN_CLIP_CONFIG, TEXT_CONFIG_DIR
@@ -66,27 +66,11 @@ def layouts(adapters, model_configs, tmp_path_factory) -> dict[str, tuple[Path, 
 
 
 def clipseg_folder(folder: Path, clip_folder: Path):
-    """A tiny `CLIPSegForImageSegmentation` saved as the hub has CLIPSeg (towers under `clip.`,
-    the decoder beside them), and the adapter of its in-memory towers."""
+    """A tiny CLIPSeg checkpoint folder and the adapter of its in-memory towers."""
+    from medkit.backbones.hf_dual import HFDualAdapter, HFDualModel, PaddedTokenizer, transforms_from_processor
     import transformers
 
-    from medkit.backbones.hf_dual import HFDualAdapter, HFDualModel, PaddedTokenizer, transforms_from_processor
-
-    torch.manual_seed(4)
-    tower = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-    cfg = transformers.CLIPSegConfig(
-        text_config={**tower, "vocab_size": 49408, "max_position_embeddings": 77, "bos_token_id": 49406,
-                     "eos_token_id": 49407, "pad_token_id": 49407},
-        vision_config={**tower, "image_size": 32, "patch_size": 8}, projection_dim=16, reduce_dim=8,
-        extract_layers=[1, 2], decoder_num_attention_heads=2, decoder_intermediate_size=16)
-    model = transformers.CLIPSegForImageSegmentation(cfg).eval()
-    model.save_pretrained(folder)
-    for f in clip_folder.iterdir():
-        if f.name.startswith(("tokenizer", "vocab", "merges", "special")):
-            shutil.copy(f, folder / f.name)
-    (folder / "preprocessor_config.json").write_text(json.dumps({  # CLIPSeg's: 352 squash, bilinear, ImageNet
-        "image_processor_type": "ViTImageProcessor", "size": {"height": 48, "width": 48}, "resample": 2,
-        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))
+    model = write_clipseg(folder, clip_folder)
     train_tf, eval_tf = transforms_from_processor(folder, 48)  # more than the config's 32, as 352 vs 224
     tokenizer = PaddedTokenizer(transformers.AutoTokenizer.from_pretrained(folder), 77)
     return folder, HFDualAdapter(HFDualModel(model.clip, 48), tokenizer, train_tf, eval_tf, "clipseg-in-memory")

@@ -154,6 +154,32 @@ class BackboneAdapter(nn.Module):
     def vision_blocks(self) -> list[nn.Module]:
         return self._vision_parts()[0]
 
+    def encode_image_layers(self, images: torch.Tensor, layers: Sequence[int],
+                            prompts: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+        """The activations `[B, 1 + T, W]` at the output of each image-tower block in `layers`
+        (0-based: what transformers' `hidden_states[i + 1]` holds; CLIPSeg's decoder reads
+        them), with deep vision `prompts` as in `encode_image` and their tokens removed."""
+        blocks = self.vision_blocks()
+        bad = [i for i in layers if not 0 <= i < len(blocks)]
+        if bad:
+            raise ValueError(f"layers {bad} outside the image tower's {len(blocks)} blocks")
+        n = 0 if not prompts or prompts[0] is None else prompts[0].shape[-2]
+        found: dict[int, torch.Tensor] = {}
+
+        def keep(i: int):
+            def hook(_m, _args, out):
+                x = out[0] if isinstance(out, tuple) else out
+                found[i] = x[:, : x.shape[1] - n]
+            return hook
+
+        handles = [blocks[i].register_forward_hook(keep(i)) for i in dict.fromkeys(layers)]
+        try:
+            self.encode_image(images, prompts=prompts)
+        finally:
+            for h in handles:
+                h.remove()
+        return [found[i] for i in layers]
+
     @contextmanager
     def _vision_prompt_hooks(self, prompts: Sequence[torch.Tensor | None] | None) -> Iterator[None]:
         if not prompts or prompts[0] is None:

@@ -274,22 +274,26 @@ def load_hf_dual(folder: str | Path, name: str, device: str = "cpu") -> HFDualAd
     if not weights:
         raise FileNotFoundError(f"{folder}: no weights (model.safetensors or pytorch_model.bin); the folder has "
                                 f"{sorted(p.name for p in folder.iterdir())}")
-    with _quiet_transformers():  # its load report and bars: what matters is raised below
+    with quiet_transformers():  # its load report and bars: what matters is raised below
         hf, info = _class(kind).from_pretrained(folder, output_loading_info=True)
     check_loading_info(info, folder, SUPPORTED[kind][0], _UNUSED_PREFIXES.get(kind, ()))
     hf = hf.float()  # transformers 5 keeps the checkpoint's dtype ("auto"), 4.x gives fp32: fp32 in both
+    return adapter_of(hf, folder, name).to(device)
+
+
+def adapter_of(hf: nn.Module, folder: Path, name: str) -> HFDualAdapter:
+    """The adapter of loaded transformers towers, with the folder's tokenizer and processor."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     context = int(hf.config.text_config.max_position_embeddings)
     size = processor_size(folder) or int(hf.config.vision_config.image_size)
     train_tf, eval_tf = transforms_from_processor(folder, size)
-    adapter = HFDualAdapter(HFDualModel(hf.eval(), size), PaddedTokenizer(tokenizer, context), train_tf, eval_tf, name)
-    return adapter.to(device)
+    return HFDualAdapter(HFDualModel(hf.eval(), size), PaddedTokenizer(tokenizer, context), train_tf, eval_tf, name)
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     from transformers.utils import logging as hf_logging
 
     level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
