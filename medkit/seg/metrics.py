@@ -1,6 +1,11 @@
-"""Segmentation loss and metrics from MONAI (what TuneVLSeg uses): Dice + 0.2·CE for training;
-per-sample Dice and IoU at a 0.5 threshold, and the 95th-percentile Hausdorff distance as the
-boundary metric, for evaluation.
+"""Segmentation loss and metrics: Dice + 0.2·CE for training, MONAI's `DiceCELoss(sigmoid=True,
+lambda_dice=1, lambda_ce=0.2)` with its other defaults, as TuneVLSeg configures it
+(`configs/model/coop/clipseg.yaml`); per-sample Dice and IoU at a 0.5 threshold, and the
+95th-percentile Hausdorff distance as the boundary metric, for evaluation (MONAI).
+
+TuneVLSeg's own evaluation uses torchmetrics: `Dice(threshold=0.5, average="samples")` (per
+sample, as here) and `JaccardIndex(task="binary")`, which accumulates over the whole split (a
+dataset-level IoU, not a per-sample mean): rows that compare with its IoU need that variant.
 
 Masks are binary `[B, H, W]` (1 = the structure); logits the same shape. An image whose mask is
 empty and whose prediction is empty scores Dice = IoU = 1 (MONAI's `ignore_empty=False`): a
