@@ -9,6 +9,7 @@ float32; `float32` keeps the last matrix product out of it (methods' `cosine_log
 """
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 
 import torch
@@ -61,7 +62,7 @@ def check_finite(loss: float, logits: torch.Tensor | None, step: int, epoch: int
                  terms: dict[str, float] | None = None) -> None:
     """Raise `NonFiniteLoss` naming the step, the precision and the way out."""
     bad_logits = logits is not None and not bool(torch.isfinite(logits).all())
-    if torch.isfinite(torch.tensor(loss)) and not bad_logits:
+    if math.isfinite(loss) and not bad_logits:
         return
     what = f"the loss is {loss}" + (" and the logits are not finite" if bad_logits else "")
     hint = {"fp16": "fp16 overflows at 65504 (a logit scale of 100 leaves little room): use precision='bf16' on a GPU "

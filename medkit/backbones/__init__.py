@@ -87,11 +87,12 @@ def load_backbone(name: str, pretrained: str | None = None, device: str = "cpu",
     if _looks_like_path(name) and not name.endswith(".json") and not Path(name).expanduser().exists() \
             and not finetuned_path(name, data_root).is_file():
         raise FileNotFoundError(f"no such model folder or file: {name}")
-    adapter = _load(str(name), None if pretrained is None else str(pretrained), device, data_root, progress)
+    pretrained = None if pretrained is None else str(pretrained)
+    adapter = _load(name, pretrained, device, data_root, progress)
     if not hasattr(adapter, "source"):
         is_path = pretrained is not None and Path(pretrained).expanduser().exists()
         adapter.source = name if pretrained is None else f"{name}{'@' if is_path else '/'}{pretrained}"
-        adapter.source_args = (name, None if pretrained is None else str(pretrained))
+        adapter.source_args = (name, pretrained)
     return adapter
 
 
@@ -157,8 +158,9 @@ def _open_clip_tag(arch: str, tag: str | None, device: str) -> BackboneAdapter:
                          "open_clip architecture (open_clip.list_models())")
     # open_clip 3 builds ViT-B-16 with GELU and only warns that the `openai` weights were
     # trained with QuickGELU: the features would be off. The tag's own setting wins here.
-    tag_cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
-    quick = bool(tag_cfg.get("quick_gelu", False)) and not open_clip.get_model_config(arch).get("quick_gelu", False)
+    from .local import tag_uses_quick_gelu
+
+    quick = tag_uses_quick_gelu(arch, tag) and not open_clip.get_model_config(arch).get("quick_gelu", False)
     try:
         model, train_tf, eval_tf = open_clip.create_model_and_transforms(arch, pretrained=tag, device=device,
                                                                          force_quick_gelu=quick)
@@ -196,11 +198,8 @@ def _load_zoo(key: str, pretrained: str | None, device: str) -> BackboneAdapter:
             raise ValueError(f"{key}: pretrained={pretrained!r} is a file, but {key} loads from a hub repo or a "
                              "folder in its layout; a bare state dict needs its architecture: "
                              "load_backbone(ARCHITECTURE, pretrained=FILE)")
-        import open_clip
-
         arch, tag = e.source.split("/", 1)
-        quick = bool((open_clip.get_pretrained_cfg(arch, tag) or {}).get("quick_gelu", False))
-        adapter = local.load_state_dict_file(arch, pretrained, device, quick_gelu=quick)
+        adapter = local.load_state_dict_file(arch, pretrained, device, quick_gelu=local.tag_uses_quick_gelu(arch, tag))
     elif e.route == "open_clip":
         arch, tag = e.source.split("/", 1)
         adapter = _open_clip_tag(arch, pretrained or tag, device)

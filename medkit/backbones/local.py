@@ -178,7 +178,6 @@ def _has_tokenizer(folder: Path) -> bool:
 
 def load_open_clip_folder(folder: Path, name: str, device: str = "cpu", tokenizer_from_folder: bool = True) -> BackboneAdapter:
     import open_clip
-    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
     try:
         config = json.loads((folder / OPEN_CLIP_CONFIG).read_text())
@@ -194,17 +193,14 @@ def load_open_clip_folder(folder: Path, name: str, device: str = "cpu", tokenize
     weights = _weights_in(folder)
     model = build_open_clip(model_cfg, str(folder))
     load_checkpoint_strict(model, weights, f"{name} ({OPEN_CLIP_CONFIG})")
-    preprocess = merge_preprocess_dict(PreprocessCfg(), config.get("preprocess_cfg", {}))
-    preprocess["size"] = model.visual.image_size
-    pre = PreprocessCfg(**preprocess)
+    train_tf, eval_tf = _open_clip_transforms(model, config.get("preprocess_cfg"))
     if "hf_tokenizer_name" in text_cfg and not (tokenizer_from_folder and _has_tokenizer(folder)):
         tokenizer = open_clip.tokenizer.HFTokenizer(text_cfg["hf_tokenizer_name"],
                                                     context_length=text_cfg.get("context_length", 77),
                                                     **text_cfg.get("tokenizer_kwargs", {}))
     else:
         tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
-    return wrap(model.eval(), tokenizer, image_transform_v2(pre, is_train=True), image_transform_v2(pre, is_train=False),
-                name).to(device)
+    return wrap(model.eval(), tokenizer, train_tf, eval_tf, name).to(device)
 
 
 def load_state_dict_file(architecture: str, path: str | Path, device: str = "cpu",
@@ -238,10 +234,19 @@ def load_state_dict_file(architecture: str, path: str | Path, device: str = "cpu
 
 
 def _open_clip_transforms(model: nn.Module, preprocess: dict | None = None):
-    from open_clip.transform import PreprocessCfg, image_transform_v2
+    """open_clip's (train, eval) transforms of `preprocess` (PreprocessCfg fields; others, as a
+    hub config may hold, are ignored) at the model's image size."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
-    pre = PreprocessCfg(**{**(preprocess or {}), "size": model.visual.image_size})
+    pre = PreprocessCfg(**{**merge_preprocess_dict(PreprocessCfg(), preprocess or {}), "size": model.visual.image_size})
     return image_transform_v2(pre, is_train=True), image_transform_v2(pre, is_train=False)
+
+
+def tag_uses_quick_gelu(architecture: str, tag: str | None) -> bool:
+    """Whether an open_clip pretrained tag was trained with QuickGELU (OpenAI's weights are)."""
+    import open_clip
+
+    return bool(tag) and bool((open_clip.get_pretrained_cfg(architecture, tag) or {}).get("quick_gelu", False))
 
 
 # --------------------------------------------------------------------------- hub snapshots

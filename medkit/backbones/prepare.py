@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import BackboneNotAvailable
-from .local import OPEN_CLIP_CONFIG, SNAPSHOT_PATTERNS, TEXT_CONFIG_DIR, _hub_error, _pick_weights, first_line
+from .local import (OPEN_CLIP_CONFIG, SNAPSHOT_PATTERNS, TEXT_CONFIG_DIR, _hub_error, _pick_weights, first_line,
+                    tag_uses_quick_gelu)
 from .zoo import ZooEntry, entry
 
 #: fetch(repo_id, target folder, preferred weight files) → the revision fetched
@@ -89,14 +90,15 @@ def _ensure_open_clip_config(e: ZooEntry, folder: Path) -> None:
 
     arch, tag = e.source.split("/", 1)
     tag_cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+    quick = tag_uses_quick_gelu(arch, tag)
     if (folder / OPEN_CLIP_CONFIG).is_file():  # the repo's own: make sure it says QuickGELU where the tag does
         config = json.loads((folder / OPEN_CLIP_CONFIG).read_text())
-        if tag_cfg.get("quick_gelu") and not config.get("model_cfg", {}).get("quick_gelu"):
+        if quick and not config.get("model_cfg", {}).get("quick_gelu"):
             config.setdefault("model_cfg", {})["quick_gelu"] = True
             (folder / OPEN_CLIP_CONFIG).write_text(json.dumps(config, indent=1))
         return
     model_cfg = dict(open_clip.get_model_config(arch))
-    if tag_cfg.get("quick_gelu"):
+    if quick:
         model_cfg["quick_gelu"] = True
     preprocess = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
     (folder / OPEN_CLIP_CONFIG).write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}, indent=1))
