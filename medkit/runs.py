@@ -41,7 +41,7 @@ LEGACY_COLUMNS = [
     "acc", "top3", "f1_macro", "auc", "kappa", "group_acc", "train_s", "eval_s",
 ]
 # appended after the legacy ones, so a reader of the old layout finds its columns where they were
-ROW_FIELDS = ["task", "domain", "protocol", "classes", "setting_id", "options", "train_dataset"]
+ROW_FIELDS = ["task", "domain", "protocol", "classes", "setting_id", "options", "train_dataset", "prompt"]
 RESULT_COLUMNS = LEGACY_COLUMNS + ROW_FIELDS
 TEXT_COLUMNS = ["run_id", "notebook", "dataset", "split", "method", "variant", "backbone", *ROW_FIELDS]
 TRACKED_PACKAGES = ("torch", "torchvision", "open_clip_torch", "timm", "transformers",

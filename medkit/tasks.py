@@ -103,9 +103,35 @@ class MultiLabel:
         return out
 
 
+@dataclass(frozen=True)
+class Segmentation:
+    """Binary masks: logits `[N, H, W]` against 0/1 masks. Per-sample Dice and IoU at 0.5 and
+    HD95 (pixels) averaged over images (`medkit.seg.metrics`, MONAI), their spread over images
+    (`*_std`, kept out of results.csv), and `iou_dataset`: intersection over union pooled over
+    the split, which is what TuneVLSeg's torchmetrics `JaccardIndex(task="binary")` reports."""
+
+    name: str = "segmentation"
+    columns: tuple[str, ...] = ("dice", "iou", "iou_dataset", "hd95")
+    primary: str = "dice"
+
+    def subsets(self, labels: LabelSpace | None) -> list[tuple[str | None, list[int] | None]]:
+        return [(None, None)]
+
+    def metrics(self, logits: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray,
+                labels: LabelSpace | None = None, ci_resamples: int = 0, seed: int = 0,
+                calibration: tuple | None = None, columns: list[int] | None = None) -> dict[str, Any]:
+        from medkit.seg.metrics import dataset_iou, seg_scores, summarise
+
+        logits, masks = torch.as_tensor(logits), torch.as_tensor(targets)
+        scores = seg_scores(logits, masks)
+        return {**summarise(scores), "iou_dataset": dataset_iou(logits, masks), "per_sample": scores}
+
+
 SINGLE_LABEL = SingleLabel()
 MULTI_LABEL = MultiLabel()
-TASKS: dict[str, Task] = {SINGLE_LABEL.name: SINGLE_LABEL, MULTI_LABEL.name: MULTI_LABEL}
+SEGMENTATION = Segmentation()
+TASKS: dict[str, Task] = {SINGLE_LABEL.name: SINGLE_LABEL, MULTI_LABEL.name: MULTI_LABEL,
+                          SEGMENTATION.name: SEGMENTATION}
 
 
 def metric_columns() -> list[str]:

@@ -155,10 +155,12 @@ class BackboneAdapter(nn.Module):
         return self._vision_parts()[0]
 
     def encode_image_layers(self, images: torch.Tensor, layers: Sequence[int],
-                            prompts: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+                            prompts: Sequence[torch.Tensor | None] | None = None, with_pooled: bool = False
+                            ) -> list[torch.Tensor] | tuple[list[torch.Tensor], torch.Tensor]:
         """The activations `[B, 1 + T, W]` at the output of each image-tower block in `layers`
         (0-based: what transformers' `hidden_states[i + 1]` holds; CLIPSeg's decoder reads
-        them), with deep vision `prompts` as in `encode_image` and their tokens removed."""
+        them), with deep vision `prompts` as in `encode_image` and their tokens removed.
+        `with_pooled`: also the image feature of the same pass (`encode_image`'s, unnormalised)."""
         blocks = self.vision_blocks()
         bad = [i for i in layers if not 0 <= i < len(blocks)]
         if bad:
@@ -174,11 +176,11 @@ class BackboneAdapter(nn.Module):
 
         handles = [blocks[i].register_forward_hook(keep(i)) for i in dict.fromkeys(layers)]
         try:
-            self.encode_image(images, prompts=prompts)
+            pooled = self.encode_image(images, prompts=prompts)
         finally:
             for h in handles:
                 h.remove()
-        return [found[i] for i in layers]
+        return ([found[i] for i in layers], pooled) if with_pooled else [found[i] for i in layers]
 
     @contextmanager
     def _vision_prompt_hooks(self, prompts: Sequence[torch.Tensor | None] | None) -> Iterator[None]:

@@ -58,6 +58,20 @@ def seg_scores(logits: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5
     return {k: v.flatten().numpy().astype(np.float64) for k, v in out.items()}
 
 
+def dataset_iou(logits: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> float:
+    """Intersection over union pooled over every pixel of the split (MONAI's confusion counts
+    summed over images, then its threat score): torchmetrics' `JaccardIndex(task="binary")`,
+    TuneVLSeg's IoU. An image without the structure then weighs nothing instead of 0 or 1."""
+    from monai.metrics import compute_confusion_matrix_metric, get_confusion_matrix
+
+    pred = (torch.sigmoid(logits.float()) > threshold).float().unsqueeze(1).cpu()
+    counts = get_confusion_matrix(pred, masks.float().unsqueeze(1).cpu(), include_background=True).sum(0)
+    tp, fp, fn = (float(counts[0, i]) for i in (0, 1, 3))
+    if tp + fp + fn == 0:
+        return 1.0  # nothing to find and nothing found
+    return float(compute_confusion_matrix_metric("threat score", counts)[0])
+
+
 def summarise(scores: dict[str, np.ndarray]) -> dict[str, float]:
     """`<metric>` (mean) and `<metric>_std` over samples, NaN skipped."""
     out = {}

@@ -17,7 +17,8 @@ under `torch.no_grad()`). With no prompts it equals the stock forward (tested).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -26,15 +27,49 @@ from medkit.backbones import BackboneAdapter
 
 
 def patch_size(adapter: BackboneAdapter) -> int:
-    """The image tower's patch size (the decoder's transposed convolution undoes it)."""
+    """Pixels per image-tower token along a side (the decoder's transposed convolution undoes
+    it): the image size over the token grid, which also holds for a convolutional stem."""
     visual = adapter.model.visual
-    candidates = [getattr(getattr(visual, "vision_model", None), "config", None),
-                  getattr(getattr(visual, "trunk", None), "patch_embed", None), visual]
-    for c in candidates:
-        size = getattr(c, "patch_size", None)
-        if size is not None:
-            return int(size[0] if isinstance(size, (tuple, list)) else size)
-    raise NotImplementedError(f"{type(visual).__name__}: no patch size (segmentation needs a ViT image tower)")
+    hf = getattr(getattr(visual, "vision_model", None), "config", None)
+    if hf is not None:
+        return int(hf.patch_size)
+    for owner in (getattr(visual, "trunk", None), visual):
+        embed = getattr(owner, "patch_embed", None)
+        grid = getattr(embed, "grid_size", None) or getattr(owner, "grid_size", None)
+        if grid is not None:
+            return adapter.image_size // int(grid[0] if isinstance(grid, (tuple, list)) else grid)
+    raise NotImplementedError(f"{type(visual).__name__}: no token grid (segmentation needs a ViT image tower)")
+
+
+class LearnableUpsampler(nn.Module):
+    """TuneVLSeg's learnable upsampler: the decoder's last feature map `[B, reduce_dim, h, w]`
+    upsampled bilinearly by the patch size and a 5×5 convolution (replicate padding) to one
+    channel, blended with the transposed convolution's logits by a learnable ratio (init 0.5):
+    `α·transposed + (1 − α)·conv(upsample(features))`."""
+
+    def __init__(self, reduce_dim: int, patch: int) -> None:
+        super().__init__()
+        self.upsample = nn.Upsample(scale_factor=patch, mode="bilinear", align_corners=False)
+        self.conv = nn.Conv2d(reduce_dim, 1, kernel_size=5, padding=2, padding_mode="replicate")
+        self.ratio = nn.Parameter(torch.tensor(0.5))
+
+    @contextmanager
+    def attached(self, decoder: nn.Module) -> Iterator[None]:
+        """Blend into `decoder`'s output while the context lasts (the decoder may be shared by
+        several strategies, so it is never changed for good)."""
+        def blend(_m, args, out):
+            return self.ratio * out + (1 - self.ratio) * self.conv(self.upsample(args[0]))
+
+        handle = decoder.transposed_convolution.register_forward_hook(blend)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
+def default_layers(depth: int) -> list[int]:
+    """CLIPSeg's choice (blocks 3, 6, 9 of twelve, 0-based after the block) scaled to `depth`."""
+    return sorted({max(0, min(depth - 1, round(depth * k / 4))) for k in (1, 2, 3)})
 
 
 def build_decoder(adapter: BackboneAdapter, extract_layers: Sequence[int] = (3, 6, 9), reduce_dim: int = 64,
@@ -69,12 +104,18 @@ class SegmentationModel(nn.Module):
     def activations(self, images: torch.Tensor, prompts: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
         return self.adapter.encode_image_layers(images, self.extract_layers, prompts)
 
-    def decode(self, activations: Sequence[torch.Tensor], conditional: torch.Tensor) -> torch.Tensor:
+    @property
+    def reduce_dim(self) -> int:
+        return int(self.decoder.reduces[0].out_features)
+
+    def decode(self, activations: Sequence[torch.Tensor], conditional: torch.Tensor,
+               upsampler: LearnableUpsampler | None = None) -> torch.Tensor:
         """Mask logits from (cached or fresh) activations and one conditional feature per image."""
         if conditional.shape[0] != activations[0].shape[0]:
             conditional = conditional.expand(activations[0].shape[0], -1)
-        return self.decoder(list(activations), conditional).logits.reshape(activations[0].shape[0],
-                                                                            *self._mask_size(activations))
+        with upsampler.attached(self.decoder) if upsampler is not None else nullcontext():
+            out = self.decoder(list(activations), conditional).logits
+        return out.reshape(activations[0].shape[0], *self._mask_size(activations))
 
     def _mask_size(self, activations: Sequence[torch.Tensor]) -> tuple[int, int]:
         side = int(round((activations[0].shape[1] - 1) ** 0.5)) * patch_size(self.adapter)
