@@ -53,8 +53,8 @@ def save_finetuned(adapter: BackboneAdapter, name: str, data_root: str | Path = 
 
 
 def build_offline(names: list[str], data_root: str | Path = "data", progress: bool | str = "lines") -> list[str]:
-    """Build (or find cached) the offline stand-ins among `names` — MiniCLIP presets and
-    supervised ViT stand-ins — outside any notebook: the workbook runner calls this first, so
+    """Build (or find cached) the offline stand-ins among `names` — MiniCLIP presets (with the
+    segmentation decoder pretrained on them) and supervised ViT stand-ins — outside any notebook: the workbook runner calls this first, so
     a one-off pretraining never runs under papermill's cell timeout, prints a line per epoch
     headless, and resumes from its last epoch after a kill. Returns the names it built."""
     from . import miniclip, supervised
@@ -63,6 +63,10 @@ def build_offline(names: list[str], data_root: str | Path = "data", progress: bo
     for name in dict.fromkeys(names):
         if name in MINICLIP_PRESETS:
             miniclip.load_or_train(name, root=data_root, progress=progress)
+            from medkit.seg.load import PRESETS as SEG_PRESETS, miniclip_seg
+
+            if name in SEG_PRESETS:  # notebook 10's decoder on this MiniCLIP, pretrained once
+                miniclip_seg(name, data_root, progress=progress)
         elif name in supervised.PRESETS:
             supervised.load_or_train(supervised.PRESETS[name], root=data_root, progress=progress)
         else:
