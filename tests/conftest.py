@@ -39,24 +39,7 @@ def _write_tiny_bert(folder: Path) -> Path:
     return folder
 
 
-def write_clip_bpe_tokenizer(folder: Path, context_length: int = 77) -> Path:
-    """A transformers CLIP tokenizer with OpenAI's real BPE (open_clip ships the merges), in
-    the hub's layout: the ids equal open_clip's tokenizer's up to the padding."""
-    from open_clip.tokenizer import SimpleTokenizer
-    from transformers import AutoTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    st = SimpleTokenizer()
-    vocab = {k: v for k, v in st.encoder.items() if k not in ("<start_of_text>", "<end_of_text>")}
-    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = st.encoder["<start_of_text>"], st.encoder["<end_of_text>"]
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    merges = sorted(st.bpe_ranks, key=st.bpe_ranks.get)
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": context_length, "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
-    AutoTokenizer.from_pretrained(folder).save_pretrained(folder)  # tokenizer.json: later loads skip the conversion
-    return folder
+from medkit.backbones.hf_dual import write_clip_bpe_tokenizer  # noqa: E402 — re-exported for the tests
 
 
 def write_hf_dual(folder: Path, kind: str = "clip", tokenizer: Path | None = None) -> Path:

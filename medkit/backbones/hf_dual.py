@@ -366,3 +366,44 @@ def transforms_from_processor(folder: Path, image_size: int) -> tuple[Callable, 
     tail = [T.ToTensor(), T.Normalize(mean, std)] if cfg.get("do_normalize", True) else [T.ToTensor()]
     train = T.Compose([to_rgb, T.RandomResizedCrop(image_size, scale=(0.9, 1.0), interpolation=mode), *tail])
     return train, T.Compose([*steps, *tail])
+
+
+def write_clip_bpe_tokenizer(folder: Path, context_length: int = 77) -> Path:
+    """A transformers CLIP tokenizer with OpenAI's real BPE (open_clip ships the merges), in
+    the hub's layout, written offline: its ids equal open_clip's tokenizer's up to the padding.
+    For folders built locally (tests, the benchmark's random CLIPSeg)."""
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import AutoTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    st = SimpleTokenizer()
+    vocab = {k: v for k, v in st.encoder.items() if k not in ("<start_of_text>", "<end_of_text>")}
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = st.encoder["<start_of_text>"], st.encoder["<end_of_text>"]
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    merges = sorted(st.bpe_ranks, key=st.bpe_ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": context_length, "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
+    AutoTokenizer.from_pretrained(folder).save_pretrained(folder)  # tokenizer.json: later loads skip the conversion
+    return folder
+
+
+def write_random_clipseg(folder: Path, config=None, image_size: int = 352, seed: int = 0) -> nn.Module:
+    """A randomly initialised `CLIPSegForImageSegmentation` saved in the hub's layout with the
+    BPE tokenizer and CLIPSeg's processor (squash to `image_size`, bilinear, ImageNet mean/std);
+    `config` None is `CLIPSegConfig()`, CLIPSeg rd64's architecture. Returns the model."""
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.CLIPSegForImageSegmentation(config or transformers.CLIPSegConfig()).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    with quiet_transformers():
+        model.save_pretrained(folder)
+    tok = write_clip_bpe_tokenizer(folder / "tokenizer")
+    for f in tok.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "ViTImageProcessor", "size": {"height": image_size, "width": image_size},
+        "resample": 2, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))
+    return model
