@@ -57,3 +57,21 @@ def test_bad_masks_are_errors():
         seg_scores(pred, true * 255)
     with pytest.raises(ValueError, match="shape"):
         seg_scores(pred[:, :8], true)
+
+
+def test_dataset_iou_pools_pixels_over_the_split_as_torchmetrics_jaccard_does():
+    from medkit.seg.metrics import dataset_iou
+    from medkit.tasks import SEGMENTATION
+
+    pred, true = _masks()
+    logits = pred * 20 - 10
+    inter = float((pred * true).sum())
+    union = float(((pred + true) > 0).sum())
+    assert dataset_iou(logits, true) == pytest.approx(inter / union)
+    # per-sample IoU averages images (the empty, empty-predicted third counts 1); pooled it weighs nothing
+    per_sample = seg_scores(logits, true, boundary=False)["iou"]
+    assert per_sample.mean() != pytest.approx(inter / union)
+    m = SEGMENTATION.metrics(logits, true)
+    assert set(SEGMENTATION.columns) <= set(m) and m["iou_dataset"] == pytest.approx(inter / union)
+    assert m["dice"] == pytest.approx(seg_scores(logits, true)["dice"].mean()) and len(m["per_sample"]["dice"]) == 3
+    assert dataset_iou(torch.full((1, 4, 4), -9.0), torch.zeros(1, 4, 4)) == 1.0
