@@ -264,3 +264,19 @@ def test_bench_row_matches_the_stock_forward(tmp_path):
     sizes = bench.Sizes(naive_steps=2, medkit_steps=2, seg_batch=2, seg_image_size=48)
     row = bench.bench_seg_coop_step(tmp_path / "c", sizes, torch.device("cpu"), False, cfg)
     assert row.agrees and row.name == "seg_coop_step" and row.naive_s > 0 and row.medkit_s > 0
+
+
+def test_a_csv_of_image_mask_prompt_and_split_loads_as_a_dataset(models, seg_folder, tmp_path):
+    from medkit.seg.data import load_seg_dataset
+
+    lines = ["image,mask,prompt,split"]
+    for split, n in (("train", 3), ("val", 2), ("test", 2)):
+        lines += [f"{seg_folder}/images/{split}_{i:04d}.png,{seg_folder}/masks/{split}_{i:04d}.png,skin lesion,{split}"
+                  for i in range(n)]
+    (tmp_path / "lesions.csv").write_text("\n".join(lines) + "\n")
+    data = load_seg_dataset(tmp_path / "lesions.csv", models["clipseg"])
+    assert {k: len(v) for k, v in data.items()} == {"train": 3, "val": 2, "test": 2}
+    assert data["train"].prompt_texts("p1") == ["skin lesion"] * 3 and data["test"].meta["dataset"] == "lesions"
+    (tmp_path / "lesions.csv").write_text("\n".join(lines[:4]) + "\n")  # no val or test rows
+    with pytest.raises(ValueError, match="no val samples"):
+        load_seg_dataset(tmp_path / "lesions.csv", models["clipseg"])

@@ -191,3 +191,31 @@ def test_a_users_chexpert_csv_and_a_local_backbone_run_through_the_multilabel_no
     folder = _run_of(results, "09_multilabel_cxr")
     assert list((folder / "figures").glob(f"per_finding_auroc_{ids[1]}*.png"))
     assert json.loads((folder / "status.json").read_text())["state"] == "complete"
+
+
+def test_a_users_clipseg_folder_and_medvlsm_dataset_run_through_the_segmentation_notebook(tmp_path, smoke_data,
+                                                                                          model_configs):
+    """10 by parameters only: a CLIPSeg checkpoint folder (the hub layout, built locally with
+    random weights) and a MedVLSM-format dataset (JPG images of two sizes, PNG masks, prompt
+    lists), as a user with real files changes them."""
+    from conftest import write_clipseg
+    from userdata import medvlsm_folder
+
+    clipseg = tmp_path / "my-clipseg"
+    write_clipseg(clipseg, model_configs["hf_dual"])
+    data = medvlsm_folder(tmp_path / "kvasir-like")
+    outputs = tmp_path / "outputs"
+    results = run_workbook("smoke", only=["10"], notebooks_dir=REPO / "notebooks", outputs_root=outputs,
+                           data_root=smoke_data, extra_parameters={"model": str(clipseg), "datasets": [str(data)],
+                                                                   "prompt": "p3", "sweep_seeds": [1]})
+    df = pd.read_csv(outputs / "results.csv")
+    seg = df[df.task == "segmentation"]
+    assert set(seg.dataset) == {"kvasir-like"} and set(seg.backbone) == {str(clipseg)}
+    from medkit.seg.strategies import SEG_STRATEGIES
+
+    assert set(seg.method) == set(SEG_STRATEGIES)
+    assert set(seg[seg.method == "seg_zeroshot"].prompt) == {f"p{i}" for i in range(10)}
+    assert set(seg[seg.method != "seg_zeroshot"].prompt) == {"p3"} and seg.dice.between(0, 1).all()
+    folder = _run_of(results, "10_segmentation")
+    assert list((folder / "figures").glob("overlays_kvasir-like*.png"))
+    assert json.loads((folder / "status.json").read_text())["state"] == "complete"

@@ -165,3 +165,37 @@ def all_formats(root: Path) -> dict[str, Path]:
 if __name__ == "__main__":
     for kind, path in all_formats(Path(sys.argv[1])).items():
         print(kind, path)
+
+
+def medvlsm_folder(root: Path, counts=(8, 4, 4)) -> Path:
+    """A MedVLSM-layout dataset as users have one: JPG images of several non-square sizes,
+    0/255 PNG masks, `anns/{train,val,test}.json` with prompts p0-p9 (p3 a list of phrasings)."""
+    import json
+
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    for sub in ("images", "masks", "anns"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for split, n in zip(("train", "val", "test"), counts):
+        records = []
+        for i in range(n):
+            h, w = (40, 60) if i % 2 else (52, 44)
+            img = (rng.random((h, w, 3)) * 80 + 60).astype(np.uint8)
+            mask = np.zeros((h, w), np.uint8)
+            y, x, r = rng.integers(12, h - 12), rng.integers(12, w - 12), rng.integers(5, 10)
+            yy, xx = np.mgrid[:h, :w]
+            mask[(yy - y) ** 2 + (xx - x) ** 2 < r * r] = 255
+            img[mask > 0] = [200, 90, 80]
+            name = f"{split}_{i}"
+            Image.fromarray(img).save(root / "images" / f"{name}.jpg", quality=95)
+            Image.fromarray(mask).save(root / "masks" / f"{name}.png")
+            side = "left" if x < w / 2 else "right"
+            prompts = {"p0": "", "p1": "polyp", "p2": "round polyp", "p3": ["red polyp", "reddish polyp"],
+                       "p4": "small polyp", "p5": "one polyp", "p6": f"polyp on the {side}",
+                       "p7": "a polyp is a growth of tissue", "p8": "one small red round polyp",
+                       "p9": f"one small red round polyp on the {side}"}
+            records.append({"img_name": f"{name}.jpg", "mask_name": f"{name}.png", "bbox": [int(x - r), int(y - r), 2 * int(r), 2 * int(r)],
+                            "cat": "polyp", "sentences": [prompts["p9"]], "prompts": prompts})
+        (root / "anns" / f"{split}.json").write_text(json.dumps(records))
+    return root

@@ -112,22 +112,32 @@ def cached_activations(model: SegmentationModel, data: SegData, cache: FeatureCa
 def load_seg_dataset(source: str | Path, model: SegmentationModel, profile: str = "tiny",
                      data_root: str | Path = "data", prompt_keys: Sequence[str] = (), progress: bool = False
                      ) -> dict[str, SegData]:
-    """A synthetic name (`synth_polyp`, `synth_skin`, `synth_breast_us`) or a MedVLSM folder
-    (`<root>/anns/{train,val,test}.json`) as tensors per split."""
+    """A synthetic name (`synth_polyp`, `synth_skin`, `synth_breast_us`), a MedVLSM folder
+    (`<root>/anns/{train,val,test}.json`, images in `images/`, masks in `masks/`) or a CSV of
+    `image`, `mask`, `prompt` and `split` (train / val / test) as tensors per split."""
+    from medkit.data.segmentation import read_seg_csv
     from medkit.data.synthetic.seg_world import SEG_DATASETS, build_seg, seg_spec_for
 
     source = str(source)
+    path = Path(source).expanduser()
     if source in SEG_DATASETS:
         root, name = build_seg(seg_spec_for(source, profile), data_root, progress=progress), source
+        read = lambda split: read_medvlsm(root, split, prompt_keys)  # noqa: E731
+    elif path.suffix.lower() == ".csv" and path.is_file():
+        root, name = path.parent, path.stem
+        read = lambda split: read_seg_csv(path, split)  # noqa: E731
+    elif (path / "anns").is_dir():
+        root, name = path, path.name
+        read = lambda split: read_medvlsm(root, split, prompt_keys)  # noqa: E731
     else:
-        root = Path(source).expanduser()
-        if not (root / "anns").is_dir():
-            raise FileNotFoundError(f"{root}: not a synthetic segmentation dataset ({sorted(SEG_DATASETS)}) nor a "
-                                    "MedVLSM folder (anns/train.json, anns/val.json, anns/test.json)")
-        name = root.name
+        raise FileNotFoundError(f"{source}: not a synthetic segmentation dataset ({sorted(SEG_DATASETS)}), a MedVLSM "
+                                "folder (anns/train.json, anns/val.json, anns/test.json) nor a CSV of image, mask, "
+                                "prompt and split")
     out = {}
     for split in ("train", "val", "test"):
-        samples = read_medvlsm(root, split, prompt_keys)
+        samples = read(split)
+        if not samples:
+            raise ValueError(f"{source}: no {split} samples (segmentation needs train, val and test)")
         out[split] = to_tensors(f"{name}:{split}", samples, model)
         out[split].meta.update(dataset=name, root=str(root))
     return out
