@@ -13,9 +13,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("config", "atomic", "paths", "profiles", "precision"),
     ("data", "backbones", "seg", "features", "metrics", "multilabel_metrics", "losses", "prompts", "protocols", "runs", "plots",
      "knowledge", "tasks"),
-    ("methods",),
-    ("train",),
-    ("selection", "experiment"),
+    ("methods", "seg.strategies"),
+    ("train", "seg.train"),
+    ("selection", "experiment", "seg.experiment"),
     ("grids",),
     ("reporting",),
     ("workbook", "bench", "__main__", "__init__"),
@@ -24,8 +24,12 @@ LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 
 def unit(module: str) -> str:
-    """`medkit.methods.coop` → `methods`; `medkit.train` → `train`."""
+    """`medkit.methods.coop` → `methods`; `medkit.train` → `train`; a sub-module with a layer of
+    its own by its dotted name (`medkit.seg.train` → `seg.train`: segmentation's loop sits with
+    the training loop, its strategies with the methods, its runner with the runner)."""
     parts = module.split(".")
+    if len(parts) > 2 and ".".join(parts[1:3]) in LAYER_OF:
+        return ".".join(parts[1:3])
     return parts[1] if len(parts) > 1 else "__init__"
 
 
