@@ -252,11 +252,13 @@ def test_decoder_pretraining_is_cached_and_learns(tmp_path):
     assert (first.pretraining / "history.csv").is_file() and first.source == "miniclip-smoke"
 
 
-def test_bench_row_matches_the_stock_forward(tmp_path):
+def test_bench_row_matches_the_stock_forward(tmp_path, monkeypatch):
     import transformers
 
     from medkit import bench
 
+    outputs, steps = [], bench._steps
+    monkeypatch.setattr(bench, "_steps", lambda fn, n, device: outputs.append(steps(fn, n, device)) or outputs[-1])
     tower = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 64}
     cfg = transformers.CLIPSegConfig(text_config=tower, vision_config={**tower, "image_size": 32, "patch_size": 8},
                                      projection_dim=16, reduce_dim=8, extract_layers=[1, 2],
@@ -264,6 +266,9 @@ def test_bench_row_matches_the_stock_forward(tmp_path):
     sizes = bench.Sizes(naive_steps=2, medkit_steps=2, seg_batch=2, seg_image_size=48)
     row = bench.bench_seg_coop_step(tmp_path / "c", sizes, torch.device("cpu"), False, cfg)
     assert row.agrees and row.name == "seg_coop_step" and row.naive_s > 0 and row.medkit_s > 0
+    (_, stock), (_, cached) = outputs
+    assert (stock[0] - stock[1]).abs().max() > 1e-3  # the steps move the prompt: the masks compared differ
+    torch.testing.assert_close(stock[1], cached[1], rtol=0, atol=1e-4)
 
 
 def test_a_csv_of_image_mask_prompt_and_split_loads_as_a_dataset(models, seg_folder, tmp_path):
