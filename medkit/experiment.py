@@ -38,7 +38,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from medkit.atomic import atomic_torch_save
 from medkit.backbones import BackboneAdapter
 from medkit.config import TrainConfig
 from medkit.data import Dataset, LabelSpace
@@ -48,10 +47,11 @@ from medkit.methods.base import MethodBase
 from medkit.profiles import Profile, get_profile
 from medkit.protocols import (SEEDS, SHOTS, base_novel_classes, few_shot, group_label_space, relabel_to_groups,
                               restrict, save_indices, spread, subsample_per_class)
-from medkit.runs import Run, json_safe, result_columns, sanitise
+from medkit.runs import Run, json_safe, sanitise
 from medkit.selection import EvalPart, Part, Selection, step_budget
 from medkit.tasks import SINGLE_LABEL, Task
-from medkit.train import ResumeError, fit, predict, seed_everything
+from medkit.ledger import RowLedger, keep_trained, restore_trained
+from medkit.train import fit, predict, seed_everything
 
 
 @dataclass(frozen=True)
@@ -192,11 +192,8 @@ class Experiment:
         self.resources = {"descriptions": dataset.descriptions, "data_root": data_root, **(resources or {})}
         self.views, self.log = views, log
         self._memo: dict[tuple, tuple] = {}  # data-free runs: (metrics, logits, labels, eval_s, (method, scorer))
-        self._recorded: set[str] = set()  # rows of this run folder already in results.csv
+        self.ledger = RowLedger(run)  # rows of this run folder already in results.csv
         if run is not None:
-            ledger = run.path / "recorded.txt"
-            if ledger.is_file():
-                self._recorded = set(ledger.read_text().splitlines())
             if dataset.meta.get("derived_split") is not None:  # the split this run used: reuse it, cite it
                 path = run.path / "splits" / f"split_{sanitise(dataset.id)}.json"
                 if not (path.is_file() or path.with_suffix(".csv").is_file()):  # multi-label splits are a CSV
@@ -278,21 +275,11 @@ class Experiment:
 
     def _restore(self, method: nn.Module, tag: str, wanted: dict) -> pd.DataFrame | None:
         """A run this folder already finished: its trained state and history, or None."""
-        if self.run is None:
+        found = restore_trained(self.run, tag, wanted, drop=("method", "variant", "seed"))
+        if found is None:
             return None
-        ckpt, hist = self.run.checkpoints_dir / f"{tag}.pt", self.run.path / "histories" / f"{tag}.csv"
-        if not (ckpt.is_file() and hist.is_file()):
-            return None
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if saved.get("fingerprint") != wanted:
-            diff = sorted(k for k in set(wanted) | set(saved.get("fingerprint") or {})
-                          if (saved.get("fingerprint") or {}).get(k) != wanted.get(k))
-            raise ResumeError(f"{ckpt}: a finished run of another configuration sits under this run's name "
-                              f"(differs in {diff}); move the run folder aside to start over")
+        saved, history = found
         method.load_trainable_state(saved["state"])
-        history = pd.read_csv(hist).drop(columns=["method", "variant", "seed"], errors="ignore")
-        steps = hist.with_name(f"{hist.stem}_steps.csv")
-        history.attrs["steps"] = pd.read_csv(steps) if steps.is_file() else pd.DataFrame()
         method.eval()
         return history
 
@@ -419,13 +406,7 @@ class Experiment:
         if classes == "groups" and "group_acc" in row:
             row["group_acc"] = row["acc"]  # the labels are the groups: group accuracy is accuracy
         where = part.name if part.dataset is None else f"{part.dataset}:{part.name}"
-        key = f"{tag}|{where}|{classes}|{variant}"
-        if self.run is not None and key not in self._recorded:  # a resumed run does not append its rows twice
-            columns = set(result_columns())
-            self.run.add_result(**{k: v for k, v in row.items() if k in columns})
-            self._recorded.add(key)
-            with open(self.run.path / "recorded.txt", "a") as f:
-                f.write(key + "\n")
+        self.ledger.add(f"{tag}|{where}|{classes}|{variant}", row)  # a resumed run appends no row twice
         return {**row, **{k: v for k, v in metrics.items() if k not in row}}
 
     def _keep(self, method: nn.Module, history: pd.DataFrame | None, setting: Setting, sel: Selection,
@@ -433,17 +414,11 @@ class Experiment:
         """The run folder keeps every run's history and the method's trained parameters."""
         if self.run is None:
             return
-        if history is not None and len(history):
-            path = self.run.path / "histories" / f"{tag}.csv"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            history.assign(method=setting.method, variant=variant or setting.variant, seed=seed).to_csv(path, index=False)
-            steps = history.attrs.get("steps")
-            if steps is not None and len(steps):
-                steps.to_csv(path.with_name(f"{path.stem}_steps.csv"), index=False)
         state = method.trainable_state()
-        if state and (method.trains_by_gradient or _overrides(method, "prepare")):
-            atomic_torch_save({"setting": setting.id, "method": setting.method, "options": setting.options_json,
-                               "seed": seed, "state": state, "fingerprint": fp}, self.run.checkpoints_dir / f"{tag}.pt")
+        keeps_state = state and (method.trains_by_gradient or _overrides(method, "prepare"))
+        keep_trained(self.run, tag, history, state if keeps_state else None, fp,
+                     {"method": setting.method, "variant": variant or setting.variant, "seed": seed},
+                     setting=setting.id, method=setting.method, options=setting.options_json, seed=seed)
         shutil.rmtree(self.run.path / "train_state" / tag, ignore_errors=True)  # kept: no resume point needed
 
     # ------------------------------------------------------------------ selections

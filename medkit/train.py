@@ -38,6 +38,7 @@ from medkit.atomic import atomic_torch_save
 from medkit.config import TrainConfig
 from medkit.data import ImageDataset, Split
 from medkit.features import CachedFeatures, FeatureCache, encode_split
+from medkit.ledger import ResumeError  # noqa: F401 — raised here, and importable from here as before
 from medkit.precision import autocast, check_finite, grad_scaler, resolve
 from medkit.runs import json_safe
 
@@ -160,10 +161,6 @@ def _evaluate(method: nn.Module, data: Data | None, cfg: TrainConfig) -> tuple[f
 
 
 RESUMABLE_CHANGES = ("epochs", "device", "eval_batch_size")
-
-
-class ResumeError(RuntimeError):
-    """A checkpoint found for resuming belongs to another run."""
 
 
 def _data_signature(data: Data) -> str:

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1] / "medkit"
 LAYERS: list[tuple[str, ...]] = [
     ("config", "atomic", "paths", "profiles", "precision"),
     ("data", "backbones", "seg", "features", "metrics", "multilabel_metrics", "losses", "prompts", "protocols", "runs", "plots",
-     "knowledge", "tasks"),
+     "knowledge", "tasks", "ledger"),
     ("methods", "seg.strategies"),
     ("train", "seg.train"),
     ("selection", "experiment", "seg.experiment"),

@@ -285,3 +285,21 @@ def test_a_csv_of_image_mask_prompt_and_split_loads_as_a_dataset(models, seg_fol
     (tmp_path / "lesions.csv").write_text("\n".join(lines[:4]) + "\n")  # no val or test rows
     with pytest.raises(ValueError, match="no val samples"):
         load_seg_dataset(tmp_path / "lesions.csv", models["clipseg"])
+
+
+def test_fresh_decoder_on_a_biomedclip_layout_backbone_trains_with_seg_decoder(model_configs, seg_folder, tmp_path):
+    """`fresh:BACKBONE` (MedVLSM's BiomedCLIPSeg: BiomedCLIP's towers, a decoder trained here) on
+    the timm + BERT layout: a new decoder sized for its widths, and only it trains."""
+    from medkit.seg.data import load_seg_dataset
+    from medkit.seg.load import load_seg_model
+    from medkit.seg.train import SegTrainConfig, fit_seg
+
+    model = load_seg_model(f"fresh:{model_configs['hf']}", data_root=tmp_path, progress=False)
+    assert model.source.startswith("fresh:") and model.extract_layers == [2, 3, 4]  # of timm test_vit's 6 blocks
+    data = load_seg_dataset(seg_folder, model)
+    s = build_strategy("seg_decoder", model, data["train"].prompt_texts("p1"))
+    before = {n: p.detach().clone() for n, p in s.named_parameters()}
+    history = fit_seg(s, data["train"], data["val"], SegTrainConfig(epochs=1, batch_size=3, lr=1e-3),
+                      FeatureCache(tmp_path / "cache"))
+    changed = {n for n, p in s.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("model.decoder.") for n in changed) and len(history) == 1

@@ -18,12 +18,11 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from medkit.atomic import atomic_torch_save
 from medkit.features import FeatureCache
+from medkit.ledger import RowLedger, keep_trained, restore_trained
 from medkit.methods.registry import options_json, setting_id
-from medkit.runs import Run, json_safe, result_columns, sanitise
+from medkit.runs import Run, json_safe, sanitise
 from medkit.tasks import SEGMENTATION
-from medkit.train import ResumeError
 
 from .data import SegData
 from .model import SegmentationModel
@@ -85,9 +84,7 @@ class SegExperiment:
         self.profile, self.overrides = profile, dict(overrides or {})
         self.cache = cache or FeatureCache.default()
         self.progress, self.log = progress, log
-        self._recorded: set[str] = set()
-        if run is not None and (run.path / "recorded.txt").is_file():
-            self._recorded = set((run.path / "recorded.txt").read_text().splitlines())
+        self.ledger = RowLedger(run)
 
     def prompts(self, dataset: str, key: str) -> list[str]:
         """Every phrasing of `key` in the dataset's splits, once each (what a strategy encodes)."""
@@ -150,37 +147,18 @@ class SegExperiment:
                "options": options_json(setting.options), "backbone": getattr(self.model, "source", ""),
                "shots": None, "seed": seed, "prompt": prompt, **{k: metrics.get(k) for k in SEGMENTATION.columns},
                "train_s": round(train_s, 2), "eval_s": round(eval_s, 2)}
-        key = f"{tag}|{prompt}|{setting.variant}"
-        if self.run is not None and key not in self._recorded:
-            columns = set(result_columns())
-            self.run.add_result(**{k: v for k, v in row.items() if k in columns})
-            self._recorded.add(key)
-            with open(self.run.path / "recorded.txt", "a") as f:
-                f.write(key + "\n")
+        self.ledger.add(f"{tag}|{prompt}|{setting.variant}", row)
         return {**row, **{k: v for k, v in metrics.items() if k not in row}}
 
     def _restore(self, strategy: SegStrategy, tag: str, fp: dict) -> pd.DataFrame | None:
-        if self.run is None:
+        found = restore_trained(self.run, tag, fp, drop=("method", "variant", "seed"))
+        if found is None:
             return None
-        ckpt, hist = self.run.checkpoints_dir / f"{tag}.pt", self.run.path / "histories" / f"{tag}.csv"
-        if not (ckpt.is_file() and hist.is_file()):
-            return None
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if saved.get("fingerprint") != fp:
-            diff = sorted(k for k in set(fp) | set(saved.get("fingerprint") or {})
-                          if (saved.get("fingerprint") or {}).get(k) != fp.get(k))
-            raise ResumeError(f"{ckpt}: a finished run of another configuration sits under this run's name "
-                              f"(differs in {diff}); move the run folder aside to start over")
-        strategy.load_trainable_state(saved["state"])
+        strategy.load_trainable_state(found[0]["state"])
         strategy.eval()
-        return pd.read_csv(hist).drop(columns=["method", "variant", "seed", "dataset"], errors="ignore")
+        return found[1]
 
     def _keep(self, strategy: SegStrategy, history: pd.DataFrame, setting: SegSetting, tag: str, fp: dict,
               seed: int | None) -> None:
-        if self.run is None:
-            return
-        path = self.run.path / "histories" / f"{tag}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        history.assign(method=setting.strategy, variant=setting.variant, seed=seed).to_csv(path, index=False)
-        atomic_torch_save({"setting": setting.id, "state": strategy.trainable_state(), "fingerprint": fp},
-                          self.run.checkpoints_dir / f"{tag}.pt")
+        keep_trained(self.run, tag, history, strategy.trainable_state(), fp,
+                     {"method": setting.strategy, "variant": setting.variant, "seed": seed}, setting=setting.id)

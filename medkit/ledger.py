@@ -1,0 +1,78 @@
+"""What a run folder keeps of each run, for both runners (classification and multi-label in
+`medkit.experiment`, segmentation in `medkit.seg.experiment`):
+
+- `RowLedger`: the rows already appended to results.csv (`recorded.txt`), so a notebook run
+  again in the same folder (`--resume`) appends none twice;
+- `keep_trained` / `restore_trained`: a trained run's parameters (`checkpoints/<tag>.pt`, with
+  the fingerprint of what it belongs to) and history (`histories/<tag>.csv`); restoring a
+  checkpoint of another configuration under the same name is a `ResumeError` naming what differs.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import pandas as pd
+import torch
+
+from medkit.atomic import atomic_torch_save
+from medkit.runs import Run, result_columns
+
+
+class ResumeError(RuntimeError):
+    """A checkpoint found for resuming belongs to another run."""
+
+
+class RowLedger:
+    def __init__(self, run: Run | None) -> None:
+        self.run = run
+        self.recorded: set[str] = set()
+        if run is not None and (run.path / "recorded.txt").is_file():
+            self.recorded = set((run.path / "recorded.txt").read_text().splitlines())
+
+    def add(self, key: str, row: Mapping[str, Any]) -> None:
+        """Append `row`'s result columns to results.csv unless `key` was written already."""
+        if self.run is None or key in self.recorded:
+            return
+        columns = set(result_columns())
+        self.run.add_result(**{k: v for k, v in row.items() if k in columns})
+        self.recorded.add(key)
+        with open(self.run.path / "recorded.txt", "a") as f:
+            f.write(key + "\n")
+
+
+def keep_trained(run: Run | None, tag: str, history: pd.DataFrame | None, state: Mapping[str, torch.Tensor] | None,
+                 fingerprint: Mapping[str, Any] | None, labels: Mapping[str, Any], **meta: Any) -> None:
+    """histories/<tag>.csv (with `labels` as columns, and `<tag>_steps.csv` from
+    `history.attrs["steps"]`) and checkpoints/<tag>.pt (`state`, `fingerprint`, `meta`)."""
+    if run is None:
+        return
+    if history is not None and len(history):
+        path = run.path / "histories" / f"{tag}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        history.assign(**labels).to_csv(path, index=False)
+        steps = history.attrs.get("steps")
+        if steps is not None and len(steps):
+            steps.to_csv(path.with_name(f"{path.stem}_steps.csv"), index=False)
+    if state:
+        atomic_torch_save({**meta, "state": dict(state), "fingerprint": fingerprint}, run.checkpoints_dir / f"{tag}.pt")
+
+
+def restore_trained(run: Run | None, tag: str, fingerprint: Mapping[str, Any], drop: tuple[str, ...] = ()
+                    ) -> tuple[dict, pd.DataFrame] | None:
+    """(checkpoint, history without the `drop` label columns) of a run this folder finished,
+    or None; `ResumeError` if the checkpoint belongs to another configuration."""
+    if run is None:
+        return None
+    ckpt, hist = run.checkpoints_dir / f"{tag}.pt", run.path / "histories" / f"{tag}.csv"
+    if not (ckpt.is_file() and hist.is_file()):
+        return None
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    found = saved.get("fingerprint") or {}
+    if found != fingerprint:
+        diff = sorted(k for k in set(fingerprint) | set(found) if found.get(k) != fingerprint.get(k))
+        raise ResumeError(f"{ckpt}: a finished run of another configuration sits under this run's name "
+                          f"(differs in {diff}); move the run folder aside to start over")
+    history = pd.read_csv(hist).drop(columns=list(drop), errors="ignore")
+    steps = hist.with_name(f"{hist.stem}_steps.csv")
+    history.attrs["steps"] = pd.read_csv(steps) if steps.is_file() else pd.DataFrame()
+    return saved, history
