@@ -42,6 +42,7 @@ from medkit.backbones import BackboneAdapter
 from medkit.config import TrainConfig
 from medkit.data import Dataset, LabelSpace
 from medkit.features import CachedFeatures, FeatureCache, adapter_encoder
+from medkit.ledger import RowLedger, keep_trained, restore_trained
 from medkit.methods import Ref, get_spec, options_json, setting_id
 from medkit.methods.base import MethodBase
 from medkit.profiles import Profile, get_profile
@@ -50,7 +51,6 @@ from medkit.protocols import (SEEDS, SHOTS, base_novel_classes, few_shot, group_
 from medkit.runs import Run, json_safe, sanitise
 from medkit.selection import EvalPart, Part, Selection, step_budget
 from medkit.tasks import SINGLE_LABEL, Task
-from medkit.ledger import RowLedger, keep_trained, restore_trained
 from medkit.train import fit, predict, seed_everything
 
 

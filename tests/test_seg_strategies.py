@@ -110,8 +110,13 @@ def test_maple_and_vpt_change_the_masks_only_through_their_prompts(models):
         a = build_strategy("seg_vpt_deep", model, PROMPTS)(index, images=x)
         torch.manual_seed(2)
         b = build_strategy("seg_vpt_deep", model, PROMPTS)(index, images=x)
+        torch.manual_seed(2)
+        maple = build_strategy("seg_maple", model, PROMPTS)
+        m = maple(index, images=x)
+        no_vision = maple.model.decode(maple.model.activations(x), maple.text_features(index, None))
     torch.testing.assert_close(a, b)
-    assert (a - zs).abs().max() > 1e-6
+    assert (a - zs).abs().max() > 1e-6 and (m - zs).abs().max() > 1e-6
+    assert (m - no_vision).abs().max() > 1e-6  # its coupled vision prompts move the masks, beyond its text
 
 
 @pytest.mark.parametrize("name", ["seg_zeroshot", "seg_decoder", "seg_coop", "seg_cocoop"])

@@ -90,18 +90,28 @@ class SegStrategy(nn.Module):
     """The frozen model, the prompts it is conditioned on, an optional learnable upsampler."""
 
     cached = False  # whether the image tower is frozen and unprompted (activations can be cached)
-    trains_model = False  # whether the model's own weights train (then the strategy owns a copy)
+    trains_model = False  # whether some of the model's own weights train (then the strategy owns them)
     registry_name = ""
 
     def __init__(self, model: SegmentationModel, prompts: list[str], upsampler: bool = False) -> None:
         super().__init__()
         if not prompts:
             raise ValueError("a segmentation strategy needs at least one prompt")
-        self.model = copy.deepcopy(model) if self.trains_model else model
+        self.model = self.own(model)
         for p in self.model.parameters():
-            p.requires_grad_(self.trains_model)
+            p.requires_grad_(False)
+        for p in self.trained_part().parameters():
+            p.requires_grad_(True)
         self.prompts = list(prompts)
         self.upsampler = LearnableUpsampler(self.model.reduce_dim, patch_size(self.model.adapter)) if upsampler else None
+
+    def own(self, model: SegmentationModel) -> SegmentationModel:
+        """The model this strategy runs: the shared frozen one, or its own copy of what trains."""
+        return model
+
+    def trained_part(self) -> nn.Module:
+        """The part of the model whose weights train (none: an empty module)."""
+        return nn.Module()
 
     @property
     def adapter(self):
@@ -109,8 +119,8 @@ class SegStrategy(nn.Module):
 
     def train(self, mode: bool = True) -> "SegStrategy":
         super().train(mode)
-        if not self.trains_model:
-            self.model.eval()  # frozen: no dropout / BatchNorm updates in the towers or decoder
+        self.model.eval()  # frozen parts: no dropout / BatchNorm updates in the towers or decoder
+        self.trained_part().train(mode)
         return self
 
     # --- what the subclasses change
@@ -151,15 +161,17 @@ class SegStrategy(nn.Module):
 class _FixedText(SegStrategy):
     """The prompts as written, encoded once (or every step, when the text tower trains)."""
 
+    text_trains = False
+
     def __init__(self, model: SegmentationModel, prompts: list[str], upsampler: bool = False) -> None:
         super().__init__(model, prompts, upsampler)
         self.register_buffer("ids", self.adapter.trim(self.adapter.tokenize(self.prompts)), persistent=False)
-        if not self.trains_model:
+        if not self.text_trains:
             with torch.no_grad():
                 self.register_buffer("fixed", self.adapter.encode_text(self.ids).float(), persistent=False)
 
     def text_features(self, index: torch.Tensor, pooled: torch.Tensor | None) -> torch.Tensor:
-        if not self.trains_model:
+        if not self.text_trains:
             return self.fixed[index]
         used, inverse = torch.unique(index, return_inverse=True)
         return self.adapter.encode_text(self.ids[used]).float()[inverse]
@@ -172,25 +184,16 @@ class SegZeroShot(_FixedText):
 
 @register_seg("seg_decoder", "decoder")
 class SegDecoderOnly(_FixedText):
-    """Only the decoder trains (the towers frozen): MedVLSM's recipe for a fresh decoder."""
+    """Only the decoder trains (the towers frozen and shared): MedVLSM's recipe for a fresh decoder."""
 
     cached = True
     trains_model = True
 
-    def __init__(self, model: SegmentationModel, prompts: list[str], upsampler: bool = False) -> None:
-        super().__init__(model, prompts, upsampler)
-        for p in self.model.adapter.parameters():
-            p.requires_grad_(False)
-        with torch.no_grad():
-            self.register_buffer("fixed", self.adapter.encode_text(self.ids).float(), persistent=False)
+    def own(self, model: SegmentationModel) -> SegmentationModel:
+        return SegmentationModel(model.adapter, copy.deepcopy(model.decoder), model.extract_layers)
 
-    def text_features(self, index: torch.Tensor, pooled: torch.Tensor | None) -> torch.Tensor:
-        return self.fixed[index]
-
-    def train(self, mode: bool = True) -> "SegDecoderOnly":
-        super().train(mode)
-        self.model.adapter.eval()
-        return self
+    def trained_part(self) -> nn.Module:
+        return self.model.decoder
 
 
 @register_seg("seg_finetune", "finetune")
@@ -198,6 +201,13 @@ class SegFineTune(_FixedText):
     """Every weight of the model trains (the upper bound TuneVLSeg's tables compare with)."""
 
     trains_model = True
+    text_trains = True
+
+    def own(self, model: SegmentationModel) -> SegmentationModel:
+        return copy.deepcopy(model)
+
+    def trained_part(self) -> nn.Module:
+        return self.model
 
 
 class _Context(SegStrategy):
