@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: workbook test setup lock clean-outputs
+.PHONY: workbook test lab setup lock clean-outputs
 
 setup: $(STAMP)
 	@$(PY) -m medkit kernel
@@ -34,12 +34,22 @@ workbook: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# JupyterLab on the project's venv and its `medkit` kernel, on loopback only, opening notebooks/
+# (the project root is the server's root, so outputs/ and data/ are one click away). Inline
+# figures need matplotlib's inline backend: the Agg exported above is unset for the server.
+LAB_PORT ?= 8888
+lab: setup
+	env -u MPLBACKEND $(PY) -m jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
+	  --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks \
+	  --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate --LabApp.news_url=None \
+	  $(if $(filter 0,$(shell id -u)),--allow-root)
+
 # Regenerate requirements.lock from the versions installed in $(VENV) — run it only on a venv
 # `make test` passed on. Needs uv (`pip install uv`, or UV=/path/to/uv) and the package registry.
 # To move to newer versions: rm -rf .venv && make test REQUIREMENTS=requirements.txt && make lock
 UV ?= uv
 LOCK_PLATFORM ?= x86_64-manylinux_2_28
-LOCK_PYTHON = $(shell $(PY) -c "import sys;print('%d.%d' % sys.version_info[:2])")
+LOCK_PYTHON = $(shell $(PY) -c "import sys;print('%d.%d.%d' % sys.version_info[:3])")
 LOCK_FLAGS = --python-version $(LOCK_PYTHON) --python-platform $(LOCK_PLATFORM) --generate-hashes --annotation-style line --no-header
 define LOCK_HEADER
 # requirements.lock: the exact versions `make setup` installs, verified (`make test` passed on

@@ -1,4 +1,5 @@
 """`python -m medkit workbook [--profile P] [--only NN ...] [--from NN] [--resume]`; `python -m medkit kernel`;
+`python -m medkit report`; `python -m medkit compare DATA --backbone NAME [--shots K…] [--seeds S…]`;
 `python -m medkit models [download KEY… --to DIR | check NAME [--weights PATH]]`."""
 from __future__ import annotations
 
@@ -21,6 +22,25 @@ def main(argv: list[str] | None = None) -> int:
     wb.add_argument("--notebooks", default="notebooks")
     wb.add_argument("--outputs", default="outputs")
     wb.add_argument("--data", default="data")
+    rp = sub.add_parser("report", help="run notebooks/90_report headless on what --outputs holds and export "
+                        "OUTPUTS/report.html (no code, figures embedded)")
+    rp.add_argument("--profile", default="tiny", choices=["smoke", "tiny", "paper"])
+    rp.add_argument("--notebooks", default="notebooks")
+    rp.add_argument("--outputs", default="outputs")
+    rp.add_argument("--data", default="data")
+    cp = sub.add_parser("compare", help="every applicable method on DATA over a K-shot grid and seeds, resumable, "
+                        "ending with OUTPUTS/compare/<key>/report.html")
+    cp.add_argument("data", metavar="DATA", help="a split JSON, CSV manifest, ImageFolder or synthetic dataset name")
+    cp.add_argument("--backbone", default="", help="any load_backbone name (default: the profile's)")
+    cp.add_argument("--profile", default="tiny", choices=["smoke", "tiny", "paper"])
+    cp.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4, 8, 16], metavar="K")
+    cp.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    cp.add_argument("--knowledge", default=None, metavar="DIR|minilm",
+                    help="class representations for CILMP (a folder from python -m medkit.knowledge, or minilm)")
+    cp.add_argument("--image-root", default=None, help="image folder of a split JSON")
+    cp.add_argument("--device", default="")
+    cp.add_argument("--outputs", default="outputs")
+    cp.add_argument("--data-root", default="data")
     sub.add_parser("kernel", help="register this interpreter as the `medkit` Jupyter kernel (in its own prefix)")
     models = sub.add_parser("models", help="the model zoo: list it (offline), download entries into folders, "
                             "check a checkpoint against its known answer")
@@ -36,6 +56,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "models":
         return _models(args)
+    if args.command == "compare":
+        return _compare(args)
+    if args.command == "report":
+        from medkit.workbook import WorkbookError, run_workbook
+
+        try:
+            run_workbook(args.profile, ["90"], None, args.notebooks, args.outputs, args.data, prebuild=False,
+                         record_state=False)
+        except WorkbookError as e:
+            print(f"\n✗ report stopped: {e}", file=sys.stderr)
+            return 1
+        return 0
 
     if args.command == "kernel":
         from jupyter_client.kernelspec import KernelSpecManager
@@ -62,6 +94,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n✗ workbook stopped: {e}", file=sys.stderr)
         return 1
     print(f"\n✓ workbook ({args.profile or 'as resumed'}) finished in {time.time() - t0:.0f} s\n" + summary(results, args.outputs))
+    return 0
+
+
+def _compare(args) -> int:
+    from medkit.compare import CompareError, compare
+
+    t0 = time.time()
+    try:
+        result = compare(args.data, args.backbone, args.profile, args.shots, args.seeds, args.outputs, args.data_root,
+                         args.knowledge, args.device, args.image_root)
+    except (CompareError, FileNotFoundError) as e:
+        print(f"✗ compare: {e}", file=sys.stderr)
+        return 1
+    print(f"\n✓ compare {result.dataset.id}: {len(result.outcomes)} runs in {time.time() - t0:.0f} s\n"
+          f"  report:     {result.report}\n  run folder: {result.run.path}")
     return 0
 
 

@@ -45,7 +45,7 @@ ROW_FIELDS = ["task", "domain", "protocol", "classes", "setting_id", "options", 
 RESULT_COLUMNS = LEGACY_COLUMNS + ROW_FIELDS
 TEXT_COLUMNS = ["run_id", "notebook", "dataset", "split", "method", "variant", "backbone", *ROW_FIELDS]
 TRACKED_PACKAGES = ("torch", "torchvision", "open_clip_torch", "timm", "transformers",
-                    "numpy", "scikit-learn", "pandas", "matplotlib")
+                    "numpy", "scikit-learn", "pandas", "matplotlib", "monai")
 RESULTS_FILE = "results.csv"
 STATUS_FILE = "status.json"
 RUN_STATES = ("running", "complete", "failed")

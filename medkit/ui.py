@@ -54,9 +54,6 @@ class Explorer(widgets.VBox):
             self.refresh()
 
     def refresh(self) -> list[Any]:
-        for item in self.shown:
-            if isinstance(item, Figure):
-                plt.close(item)
         try:
             self.shown = self.view()
         except ValueError as e:
@@ -65,7 +62,10 @@ class Explorer(widgets.VBox):
             self.output.clear_output(wait=True)
             with self.output:
                 for item in self.shown:
-                    display(item)
+                    print(item) if isinstance(item, str) else display(item)  # a message: plain text, no quotes
+        for item in self.shown:  # shown once, in the output area: the inline backend must not show it again
+            if isinstance(item, Figure):
+                plt.close(item)
         return self.shown
 
     def _set_options(self, control: widgets.Widget, options: Sequence, value: Any) -> None:
@@ -95,7 +95,8 @@ class PredictionBrowser(Explorer):
         self.datasets, self.k, self.n_images = datasets, k, n_images
         self._tables: dict[str, pd.DataFrame] = {}
         self.run = _dropdown("run", self.runs, width="42em")
-        self.show = widgets.ToggleButtons(options=["all", "mistakes", "correct"], value="all", description="show")
+        self.show = widgets.ToggleButtons(options=["all", "mistakes", "correct"], value="all", description="show",
+                                          style={"button_width": "6.5em"})
         self.true = _dropdown("true class", [ANY])
         self.cell = _dropdown("confusion cell", [ANY], width="30em")
         self.run.observe(self._new_run, names="value")
@@ -131,8 +132,8 @@ class PredictionBrowser(Explorer):
         acc = float(table["correct"].mean())
         cm = explore.run_confusion_figure(ds, table, f"{self.run.value} · test accuracy {acc:.3f}")
         grid = explore.predictions_figure(ds, rows, self.n_images)
-        cols = ["true", "predicted", "p_true", *[c for c in rows.columns if c.startswith(("top", "p")) and c != "p_true"]]
-        return [f"{len(rows)} of {len(table)} test images match", grid, rows[cols].head(50), cm]
+        tops = [f"{kind}{j}" for j in range(1, self.k + 1) for kind in ("top", "p") if f"top{j}" in rows.columns]
+        return [f"{len(rows)} of {len(table)} test images match", grid, rows[["true", "p_true", *tops]].head(20), cm]
 
 
 class FeatureExplorer(Explorer):
@@ -232,6 +233,19 @@ class PromptExplorer(Explorer):
         self.dataset.observe(self._new_dataset, names="value")
         super().__init__("Prompt explorer (BiomedCoOp pruning)", [self.dataset, self.klass, self.tau])
         self.refresh()
+
+    @classmethod
+    def from_features(cls, adapter, train_features: Mapping[str, tuple[Dataset, Any]], tau: float = 1.5) -> "PromptExplorer":
+        """From {name: (dataset, frozen training-image features [N, E])}: datasets without
+        description sentences are left out."""
+        from medkit.methods import BiomedCoOp
+
+        scores = {}
+        for name, (ds, feats) in train_features.items():
+            if ds.descriptions:
+                probe = BiomedCoOp(adapter, ds.labels.classnames, ds.descriptions)
+                scores[name] = (ds, explore.prompt_batch_scores(probe, feats))
+        return cls(scores, tau)
 
     def _classes(self) -> list[str]:
         return list(self.scores[self.dataset.value][0].labels.classnames)

@@ -73,7 +73,9 @@ def ensure_kernel() -> str:
     return KERNEL_NAME
 
 
-def _save_state(path: Path, state: dict) -> None:
+def _save_state(path: Path | None, state: dict) -> None:
+    if path is None:
+        return
     atomic_write_text(path, json.dumps(state, indent=1) + "\n")
 
 
@@ -90,17 +92,21 @@ def _resume_state(path: Path, profile: str | None) -> dict:
 def run_workbook(profile: str | None = "tiny", only: list[str] | None = None, start: str | None = None,
                  notebooks_dir: Path | str = "notebooks", outputs_root: Path | str = "outputs",
                  data_root: Path | str = "data", extra_parameters: dict | None = None,
-                 resume: bool = False, prebuild: bool = True) -> list[NotebookResult]:
+                 resume: bool = False, prebuild: bool = True, record_state: bool = True) -> list[NotebookResult]:
     """Run the notebooks in order; `resume=True` continues the last workbook of `outputs_root`
     (`workbook.json`): finished notebooks are skipped, the interrupted one runs again in its
     own run folder (its finished runs are restored, its interrupted run resumes from its
     last epoch, no row is written twice), the rest run as usual. `prebuild=False` skips
-    building the profile's offline backbones first (notebooks then build what they use)."""
+    building the profile's offline backbones first (notebooks then build what they use);
+    `record_state=False` leaves `workbook.json` (what `--resume` continues) as it was, for a
+    notebook run on its own (`python -m medkit report`)."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     outputs_root, notebooks_dir = Path(outputs_root), Path(notebooks_dir)
-    state_path = outputs_root / STATE_FILE
+    state_path = outputs_root / STATE_FILE if record_state else None
+    if resume and state_path is None:
+        raise WorkbookError("resume continues the recorded workbook: record_state must be True")
     if resume:
         state = _resume_state(state_path, profile)
         profile = state["profile"]
@@ -152,6 +158,11 @@ def run_workbook(profile: str | None = "tiny", only: list[str] | None = None, st
         if run.status != "complete":
             run.complete()  # a notebook without the closing `run.complete()` cell
         shutil.copyfile(out, executed_dir / book.name)
+        html = export_target(book)
+        if html:  # the report notebook: one page without code, figures embedded
+            from medkit.reporting.report import export_html
+
+            print(f"  report → {export_html(out, outputs_root / html)}", flush=True)
         results.append(NotebookResult(book, out, time.time() - t0))
         entry.update(state="complete", seconds=round(results[-1].seconds))
         _save_state(state_path, state)
@@ -159,7 +170,14 @@ def run_workbook(profile: str | None = "tiny", only: list[str] | None = None, st
     return results
 
 
-def _failed(run: Run, entry: dict, state_path: Path, state: dict, detail: str) -> None:
+def export_target(book: Path) -> str | None:
+    """The HTML file (under the outputs root) a notebook asks to be exported to, in its
+    metadata: `{"medkit": {"export_html": "report.html"}}`."""
+    meta = json.loads(book.read_text()).get("metadata", {})
+    return meta.get("medkit", {}).get("export_html")
+
+
+def _failed(run: Run, entry: dict, state_path: Path | None, state: dict, detail: str) -> None:
     run.mark("failed", detail[:500])
     entry.update(state="failed")
     _save_state(state_path, state)

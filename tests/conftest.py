@@ -191,3 +191,11 @@ def tiny_knowledge(names=TINY_NAMES):
 
     h = torch.randn(len(names), 4, 8, generator=torch.Generator().manual_seed(1))
     return LLMRepresentations(list(names), h, list(names), "test", "encoder", "q")
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory) -> Path:
+    """A data root made fresh for this session: the first test that needs the smoke backbones
+    and worlds builds them there (browser, compare, workbook tests), later ones reuse them
+    (as a user's second run does)."""
+    return tmp_path_factory.mktemp("smoke_data")

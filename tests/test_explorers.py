@@ -76,6 +76,7 @@ def test_prediction_browser_filters_and_lists_a_confusion_cell(runs):
     b.show.value = "all"
     b.true.value = "plate"
     assert set(b.matches()["true"]) == {"plate"} and len(b.matches()) == 3
+    assert list(b.shown[2].columns) == ["true", "p_true", "top1", "p1", "top2", "p2", "top3", "p3"]
     first = b.table()
     b.run.value = list(b.runs)[1]  # another run: class filter reset, its own predictions
     assert b.true.value == ANY and b.table() is not first
@@ -199,3 +200,13 @@ def test_show_if_builds_nothing_headless():
         raise AssertionError("built in a headless run")
 
     assert show_if(False, boom) is None
+
+
+def test_results_without_k_are_bars():
+    rows = [dict(dataset="cxr", split="test", classes="all", method=m, variant="v", seed=s, macro_auc=a)
+            for m, vals in (("pspg", (0.7, 0.72)), ("dualcoop", (0.6, 0.65))) for s, a in enumerate(vals)]
+    view = explore.results_view(pd.DataFrame(rows), "macro_auc")
+    fig = explore.results_figure(view, "macro_auc")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["pspg · v", "dualcoop · v"]
+    assert explore.results_table(view, "macro_auc").loc[("cxr", "pspg · v"), "—"] == "0.710 ± 0.014"
+    plt.close("all")

@@ -25,13 +25,6 @@ def test_notebooks_are_committed_clean_with_a_parameters_cell():
             assert f"{name} =" in params[0].source, f"{book.name}: parameter {name} missing"
 
 
-@pytest.fixture(scope="module")
-def smoke_data(tmp_path_factory) -> Path:
-    """A data root made fresh for this module: the first workbook builds its backbones and
-    worlds there, later ones reuse them (as a user's second run does)."""
-    return tmp_path_factory.mktemp("smoke_data")
-
-
 def test_smoke_workbook_end_to_end(tmp_path, smoke_data):
     """Every notebook runs headless on the smoke profile in a fresh data and outputs root."""
     outputs, data = tmp_path / "outputs", smoke_data
@@ -44,6 +37,21 @@ def test_smoke_workbook_end_to_end(tmp_path, smoke_data):
         cfg = json.loads((r.executed.parent / "config.json").read_text())
         assert cfg["profile"]["name"] == "smoke" and "git_commit" in cfg["_meta"] and cfg["_meta"]["packages"]["torch"]
         assert list((r.executed.parent / "figures").glob("*.png")), f"{r.notebook.name} saved no figure"
+    for r in results:  # headless: the explorers stay hidden and progress is plain lines
+        nb = nbformat.read(r.executed, as_version=4)
+        widgets = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                   if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        assert not widgets, f"{r.notebook.name}: {len(widgets)} widget outputs in a headless run"
+    # the last notebook is the report: one offline HTML page with the seeds' tables, medkit beside the paper
+    assert names[-1] == "90_report.ipynb"
+    page = (outputs / "report.html").read_text()
+    from medkit.reporting.report import remote_assets
+
+    assert remote_assets(page) == [] and "data:image/png;base64," in page and "report.seed_tables(" not in page  # no code
+    for heading in ("The seeds' tables", "Findings of the notebooks", "Figure gallery", "Environment"):
+        assert heading in page, heading
+    seeds = json.loads((_run_of(results, "90_report") / "metrics.json").read_text())["seeds"]
+    assert seeds["implant"]["matched"] > 0 and seeds["pspg"]["matched"] > 0 and seeds["vlsm"]["matched"] > 0, seeds
     df = pd.read_csv(outputs / "results.csv")
     assert list(df.columns) == result_columns()
     assert df["setting_id"].notna().all() and df["protocol"].notna().all() and df["options"].notna().all()

@@ -252,6 +252,8 @@ def results_view(results: pd.DataFrame, metric: str = "acc", datasets: Sequence[
     and K (empty: all; rows without K — full training, zero-shot — are kept whatever K is
     chosen), with a `label` column; a metric with no value there is an error naming it."""
     df = select(results, split=split)
+    if "shots" not in df:  # segmentation rows: no K
+        df = df.assign(shots=np.nan)
     if "classes" in df:
         df = df[df["classes"].fillna("all") == classes]
     if metric not in df or not df[metric].notna().any():
@@ -294,12 +296,25 @@ def results_figure(view: pd.DataFrame, metric: str) -> Figure:
         return fig
     df["variant"] = df["label"]
     k = pd.to_numeric(df["shots"], errors="coerce")
+    if k.isna().all():  # no K anywhere (multi-label, segmentation, full training): bars, ± std
+        return _bars(df, metric)
     flat = set(df.loc[k.isna(), "method"]) | {"zeroshot"}
     ks = sorted(k.dropna().unique())
     # rows without K (zero-shot, full training) stand at every K: a dashed line across the plot
     df = pd.concat([df[k.notna()], *[df[k.isna()].assign(shots=kk) for kk in (ks or [0])]], ignore_index=True)
     df["shots"] = df["shots"].astype(float)
     return plot_shot_curves(df, metric, flat=tuple(flat), title=f"{metric} (test, mean ± std over seeds)")
+
+
+def _bars(df: pd.DataFrame, metric: str) -> Figure:
+    labels = list(dict.fromkeys(df["label"]))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) * df["dataset"].nunique() ** 0.5), 4.2), layout="constrained")
+    sns.barplot(df, x="label", y=metric, hue="dataset", errorbar="sd", ax=ax, order=labels)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+    ax.set_xlabel("")
+    ax.set_title(f"{metric} (test, mean ± std over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
 
 
 # --------------------------------------------------------------------------- prompts (BiomedCoOp)
