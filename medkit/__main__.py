@@ -98,13 +98,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compare(args) -> int:
-    from medkit.compare import CompareError, compare
+    from medkit.compare import compare
 
     t0 = time.time()
     try:
         result = compare(args.data, args.backbone, args.profile, args.shots, args.seeds, args.outputs, args.data_root,
                          args.knowledge, args.device, args.image_root)
-    except (CompareError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # CompareError, and a bad manifest or split file
         print(f"✗ compare: {e}", file=sys.stderr)
         return 1
     print(f"\n✓ compare {result.dataset.id}: {len(result.outcomes)} runs in {time.time() - t0:.0f} s\n"

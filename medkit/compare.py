@@ -18,8 +18,10 @@ method whose mean is within the best's seed spread).
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -83,23 +85,28 @@ class Comparison:
     figures: dict[str, object] = field(default_factory=dict)
 
 
-def comparison_key(dataset: Dataset, backbone: str, profile: str) -> str:
-    return sanitise(f"{dataset.id}_{backbone}_{profile}")
+def comparison_key(dataset: Dataset, backbone: str, profile: str, knowledge: str | None = None) -> str:
+    """dataset × backbone × profile (× which class representations CILMP reads: other ones are
+    another comparison, never a resume of this one)."""
+    tail = f"_k{hashlib.blake2b(knowledge.encode(), digest_size=4).hexdigest()}" if knowledge else ""
+    return sanitise(f"{dataset.id}_{backbone}_{profile}{tail}")
 
 
-def _run_folder(folder: Path, key: str, profile: str, config: dict, outputs_root: Path) -> Run:
-    """The comparison's own run folder: reopened while it exists, so the grid resumes."""
+def _run_folder(folder: Path, key: str, profile: str, config: dict, outputs_root: Path) -> tuple[Run, str]:
+    """The comparison's own run folder and the state it was in: reopened while it exists, so
+    the grid resumes. The pointer is relative to `folder`, so a moved outputs/ still resumes."""
     pointer = folder / "run.txt"
     if pointer.is_file():
-        path = Path(pointer.read_text().strip())
+        path = (folder / pointer.read_text().strip()).resolve()
         if (path / "config.json").is_file():
             run = open_run(path, config)
+            before = run.status
             run.mark("running")
-            return run
+            return run, before
     run = start_run(f"compare_{key}", profile, config, root=outputs_root)
     folder.mkdir(parents=True, exist_ok=True)
-    pointer.write_text(str(run.path) + "\n")
-    return run
+    pointer.write_text(os.path.relpath(run.path.resolve(), folder.resolve()) + "\n")
+    return run, "new"
 
 
 def compare(data: str | Path, backbone: str = "", profile: str = "tiny", shots: Sequence[int] = (1, 2, 4, 8, 16),
@@ -125,11 +132,12 @@ def compare(data: str | Path, backbone: str = "", profile: str = "tiny", shots: 
     adapter = load_backbone(prof.backbone, device=prof.device, data_root=data_root, progress=progress)
     settings, skipped = applicable(dataset, bool(knowledge), prof, adapter)
     seeds, shots = prof.seeds(seeds), prof.shots(shots)
-    key = comparison_key(dataset, adapter.name, prof.name)
+    key = comparison_key(dataset, adapter.name, prof.name,
+                         None if not knowledge else knowledge if knowledge == "minilm" else str(Path(knowledge).resolve()))
     folder = outputs_root / "compare" / key
     config = {"profile": prof.as_dict(), "data": str(data), "dataset": dataset.id, "shots": list(shots),
               "seeds": list(seeds), "knowledge": knowledge or "", "settings": [s.id for s in settings]}
-    run = _run_folder(folder, key, prof.name, config, outputs_root)
+    run, before = _run_folder(folder, key, prof.name, config, outputs_root)
     cells = [(s, k, seed) for s in settings for k in shots if s.shots is None or k in s.shots for seed in seeds]
     bar = tqdm(total=len(cells), desc=f"compare {dataset.id}", unit="run", disable=not progress)
     say = log or (bar.write if progress else print)
@@ -140,19 +148,23 @@ def compare(data: str | Path, backbone: str = "", profile: str = "tiny", shots: 
     try:
         for s, k, seed in cells:
             bar.set_postfix_str(f"{s.method} · K={k} · seed {seed}")
-            sel = selections.setdefault((k, seed), ex.few_shot_selection(k, seed))
-            outcomes.append(ex.run_one(s, seed, sel))
+            if (k, seed) not in selections:  # one K-shot draw per (K, seed), shared by every method
+                selections[k, seed] = ex.few_shot_selection(k, seed)
+            outcomes.append(ex.run_one(s, seed, selections[k, seed]))
             bar.update()
-    except BaseException as e:
-        run.mark("failed", f"{type(e).__name__}: {e}"[:500])
-        raise
-    finally:
         bar.close()
-    rows = pd.DataFrame([r for o in outcomes for r in o.rows])
-    result = Comparison(key, folder, run, dataset, rows, outcomes, skipped)
-    result.report = write_report(result, folder / "report.html")
-    run.save_metrics({"best_per_k": best_per_k(rows).to_dict("records"),
-                      "recommendation": recommendation(rows).to_dict("records"), "skipped": skipped})
+        rows = pd.DataFrame([r for o in outcomes for r in o.rows])
+        result = Comparison(key, folder, run, dataset, rows, outcomes, skipped)
+        result.report = write_report(result, folder / "report.html")
+        run.save_metrics({"best_per_k": best_per_k(rows).to_dict("records"),
+                          "recommendation": recommendation(rows).to_dict("records"), "skipped": skipped})
+    except BaseException as e:
+        bar.close()
+        if before == "complete":  # an interrupted repeat of a finished comparison: every row it holds
+            run.mark("complete")  # is a finished run's, so it stays readable (a rerun finishes any new cells)
+        else:
+            run.mark("failed", f"{type(e).__name__}: {e}"[:500])
+        raise
     run.complete()
     return result
 

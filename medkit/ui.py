@@ -5,7 +5,7 @@ explorer only when `interactive` is true, so headless runs keep their static fig
 
     display(PredictionBrowser(outcomes, datasets))     # 02-06, 08: per-image predictions
     display(FeatureExplorer(outcomes, datasets, adapter))  # t-SNE, zero-shot vs learned
-    display(ResultsExplorer("outputs/results.csv"))    # any notebook: results.csv, metric vs K
+    display(ResultsExplorer("outputs"))                # any notebook: results.csv, metric vs K
     display(PromptExplorer({name: (dataset, scores)})) # 07: BiomedCoOp's pruning per class
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ class Explorer(widgets.VBox):
     strings); every control change calls it again. `shown` keeps the last result, so the
     callbacks are testable without a front end; a ValueError is shown as a message."""
 
-    def __init__(self, title: str, controls: Sequence[widgets.Widget]) -> None:
+    def __init__(self, title: str, controls: Sequence[widgets.Widget], selector: widgets.Widget | None = None) -> None:
         self.output = widgets.Output()
         self.shown: list[Any] = []
         self._quiet = False  # set while one control updates the options of another
@@ -44,7 +44,8 @@ class Explorer(widgets.VBox):
         super().__init__([widgets.HTML(f"<b>{title}</b>"), *rows, self.output])
         self.add_class(EXPLORER_CLASS)
         for c in self.controls:
-            c.observe(self._changed, names="value")
+            if c is not selector:  # the run / dataset selector refreshes through its own handler, once
+                c.observe(self._changed, names="value")
 
     def view(self) -> list[Any]:
         raise NotImplementedError
@@ -89,7 +90,7 @@ class PredictionBrowser(Explorer):
 
     def __init__(self, outcomes: Mapping[str, Sequence[Outcome]], datasets: Mapping[str, Dataset], k: int = 3,
                  n_images: int = 8) -> None:
-        self.runs = explore.run_choices(outcomes)
+        self.runs = explore.run_choices(outcomes, {n: d.labels.n_classes for n, d in datasets.items()})
         if not self.runs:
             raise ValueError("no single-label run with test predictions to browse")
         self.datasets, self.k, self.n_images = datasets, k, n_images
@@ -100,7 +101,7 @@ class PredictionBrowser(Explorer):
         self.true = _dropdown("true class", [ANY])
         self.cell = _dropdown("confusion cell", [ANY], width="30em")
         self.run.observe(self._new_run, names="value")
-        super().__init__("Prediction browser", [self.run, self.show, self.true, self.cell])
+        super().__init__("Prediction browser", [self.run, self.show, self.true, self.cell], self.run)
         self._new_run()
 
     def table(self) -> pd.DataFrame:
@@ -142,7 +143,7 @@ class FeatureExplorer(Explorer):
 
     def __init__(self, outcomes: Mapping[str, Sequence[Outcome]], datasets: Mapping[str, Dataset], adapter,
                  points: int = 400) -> None:
-        runs = explore.run_choices(outcomes)
+        runs = explore.run_choices(outcomes, {n: d.labels.n_classes for n, d in datasets.items()})
         # prompt learners (shallow or deep): their class text features are learned
         self.runs = {k: v for k, v in runs.items() if get_spec(v[1].setting.method).kind in ("prompt", "deep_prompt")}
         if not self.runs:
@@ -154,7 +155,7 @@ class FeatureExplorer(Explorer):
         self.highlight = _dropdown("highlight", [ANY])
         self.panel = widgets.ToggleButtons(options=["both", "zero-shot", "learned"], value="both", description="show")
         self.run.observe(self._new_run, names="value")
-        super().__init__("Feature explorer (t-SNE)", [self.run, self.colour, self.highlight, self.panel])
+        super().__init__("Feature explorer (t-SNE)", [self.run, self.colour, self.highlight, self.panel], self.run)
         self._new_run()
 
     def points_of(self, label: str) -> pd.DataFrame:
@@ -187,10 +188,11 @@ class ResultsExplorer(Explorer):
 
     def __init__(self, results: pd.DataFrame | str | Path = "outputs", metric: str | None = None,
                  datasets: Sequence[str] = (), protocol: str = ANY) -> None:
-        if not isinstance(results, pd.DataFrame):
+        if not isinstance(results, pd.DataFrame):  # an outputs folder (relative: the project's)
+            from medkit.paths import project_path
             from medkit.runs import read_results
 
-            results = read_results(results)
+            results = read_results(project_path(results))
         if results.empty:
             raise ValueError("results.csv has no rows yet: run a notebook first")
         self.results = results
@@ -231,7 +233,7 @@ class PromptExplorer(Explorer):
         self.klass = _dropdown("class", self._classes())
         self.tau = widgets.FloatSlider(value=tau, min=0.25, max=4.0, step=0.25, description="τ")
         self.dataset.observe(self._new_dataset, names="value")
-        super().__init__("Prompt explorer (BiomedCoOp pruning)", [self.dataset, self.klass, self.tau])
+        super().__init__("Prompt explorer (BiomedCoOp pruning)", [self.dataset, self.klass, self.tau], self.dataset)
         self.refresh()
 
     @classmethod
@@ -283,6 +285,10 @@ def show_if(interactive: bool, make: Callable[[], Explorer]) -> Explorer | None:
     notebook's parameter; papermill passes False), so headless runs have no widget output."""
     if not interactive:
         return None
-    explorer = make()
+    try:
+        explorer = make()
+    except ValueError as e:  # nothing to explore yet (no rows, no prompt learner): say so, do not fail the cell
+        print(f"explorer not shown: {e}")
+        return None
     display(explorer)
     return explorer

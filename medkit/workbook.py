@@ -162,7 +162,12 @@ def run_workbook(profile: str | None = "tiny", only: list[str] | None = None, st
         if html:  # the report notebook: one page without code, figures embedded
             from medkit.reporting.report import export_html
 
-            print(f"  report → {export_html(out, outputs_root / html)}", flush=True)
+            try:
+                print(f"  report → {export_html(out, outputs_root / html)}", flush=True)
+            except Exception as e:
+                _failed(run, entry, state_path, state, f"HTML export: {type(e).__name__}: {e}")
+                raise WorkbookError(f"{book.name} ran, but its export to {outputs_root / html} failed: "
+                                    f"{type(e).__name__}: {e}\n  executed copy: {out}") from None
         results.append(NotebookResult(book, out, time.time() - t0))
         entry.update(state="complete", seconds=round(results[-1].seconds))
         _save_state(state_path, state)

@@ -57,13 +57,15 @@ def test_k_columns_harmonic_means_and_averages_over_medkit_datasets():
     bio = pub[pub["seed"] == "biomedcoop"]
     results = pd.DataFrame(
         [row("biomedcoop", "BiomedCoOp", a, s, dataset=d, protocol="few_shot", shots=1)
-         for d, a, s in (("synth_ortho12", 0.4, 1), ("synth_implants45", 0.6, 1))]
+         for d, a, s in (("synth_ortho12", 0.4, 1), ("synth_implants45", 0.6, 1), ("synth_ortho12", 0.5, 2),
+                         ("synth_implants45", 0.9, 2))]
         + [row("biomedcoop", "BiomedCoOp", a, 1, protocol="base_to_novel", shots=16, classes=c)
            for c, a in (("base", 0.8), ("novel", 0.6))])
     rows = report._test_rows(results)
     few = report.paper_table(bio[bio["table"] == "anchors: few-shot averages"], rows)
     assert ("K=1 · acc", "paper") in few.columns and few.loc["BiomedCoOp", ("K=1 · acc", "paper")] == "0.570"
-    assert few.loc["BiomedCoOp", ("K=1 · acc", "medkit")] == "0.500 ± 0.141 (n=2)"  # the mean over both datasets
+    # per seed the mean over both datasets (0.5, 0.7), then mean ± std over the seeds
+    assert few.loc["BiomedCoOp", ("K=1 · acc", "medkit")] == "0.600 ± 0.141 (n=2)"
     assert few.loc["BiomedCoOp", ("", "medkit setting")].endswith("mean over medkit's datasets")
     b2n = report.paper_table(bio[bio["table"] == "anchors: base-to-novel averages"], rows)
     hm = 2 * 0.8 * 0.6 / 1.4
@@ -124,3 +126,28 @@ def test_export_html_embeds_figures_and_fetches_nothing(tmp_path):
     assert report.remote_assets(html) == []
     assert report.dataset_name("synth_ortho12-0a1b2c3d") == "synth_ortho12" and report.dataset_name("my-data") == "my-data"
     assert np.isnan(report.medkit_cell(pd.DataFrame(), report.load_published().iloc[0])[0])
+
+
+def test_no_stand_in_gets_no_number_beside_it_but_the_embedded_worlds_after():
+    pub = report.load_published()
+    t = pub[(pub["seed"] == "cilmp") & (pub["table"] == "TABLE tab-main-ablation")]
+    results = pd.DataFrame([row("cilmp", "CILMP", a, s, protocol="few_shot", shots=k, auc=0.9, f1_macro=0.5, kappa=0.4)
+                            for k, s, a in ((16, 1, 0.6), (16, 2, 0.8), (4, 1, 0.1))])  # 07's K=4 row: not 08's K=16
+    table = report.paper_table(t, report._test_rows(results))
+    medkit = [c for c in table.columns if c[1] == "medkit" and not c[0].startswith(("embedded", "Average"))]
+    assert set(table.loc["CILMP", medkit]) == {"no stand-in"}
+    assert table.loc["CILMP", ("Average · acc", "medkit")] == "0.700 ± 0.141 (n=2)"  # the paper's average: medkit's
+    assert table.attrs["matched"] == 4  # the Average columns' acc, F1, AUC, Kappa
+    assert table.loc["CILMP", ("embedded world · acc", "medkit")] == "0.700 ± 0.141 (n=2)"
+    assert table.loc["CILMP", ("embedded world · acc", "paper")] == ""
+    assert list(table.columns)[-1][0].startswith("embedded world")
+
+
+def test_the_newest_run_of_a_setting_hides_only_its_own_dataset_and_k():
+    rows = pd.DataFrame([row("coop", "CoOp", 0.3, 1, protocol="few_shot", shots=1, run_id="2026-a_07"),
+                         row("coop", "CoOp", 0.5, 1, protocol="few_shot", shots=16, run_id="2026-b_08"),
+                         row("coop", "CoOp", 0.6, 1, protocol="few_shot", shots=16, run_id="2026-c_08"),
+                         row("coop", "CoOp", 0.7, 1, protocol="few_shot", shots=16, run_id="2026-d_compare",
+                             notebook="compare_x")])
+    kept = report._test_rows(rows)
+    assert sorted(zip(kept["shots"], kept["acc"])) == [(1, 0.3), (16, 0.6)]

@@ -23,10 +23,18 @@ def test_notebooks_are_committed_clean_with_a_parameters_cell():
         assert len(params) == 1, f"{book.name}: exactly one parameters cell"
         for name in ("profile", "interactive", "run_dir", "outputs_root", "data_root"):
             assert f"{name} =" in params[0].source, f"{book.name}: parameter {name} missing"
+        if book.name >= "02":  # every notebook from 02 on ends with its explorer, shown only when interactive
+            assert "ui.show_if(interactive," in code[-1].source, f"{book.name}: no explorer in its last cell"
+
+
+def explorers_in_last_cell(executed: Path) -> int:
+    last = [c for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code"][-1]
+    return sum("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in last.outputs)
 
 
 def test_smoke_workbook_end_to_end(tmp_path, smoke_data):
-    """Every notebook runs headless on the smoke profile in a fresh data and outputs root."""
+    """Every notebook runs headless on the smoke profile in a fresh outputs root (the data root is the
+    session's: whichever test runs first builds the smoke backbones and worlds there)."""
     outputs, data = tmp_path / "outputs", smoke_data
     results = run_workbook("smoke", notebooks_dir=REPO / "notebooks", outputs_root=outputs, data_root=data)
     names = [r.notebook.name for r in results]
@@ -160,7 +168,8 @@ def test_a_users_imagefolder_and_csv_without_splits_run_through_the_notebooks(tm
     ids = [load_dataset(p, data_root=smoke_data, progress=False).id for p in paths]
     outputs = tmp_path / "outputs"
     results = run_workbook("smoke", only=["02", "03", "07"], notebooks_dir=REPO / "notebooks", outputs_root=outputs,
-                           data_root=smoke_data, extra_parameters={"datasets": [str(p) for p in paths]})
+                           data_root=smoke_data, extra_parameters={"datasets": [str(p) for p in paths], "interactive": True})
+    assert [explorers_in_last_cell(r.executed) for r in results] == [1, 2, 2]  # as in JupyterLab: the explorers build
     df = pd.read_csv(outputs / "results.csv")
     for notebook in ("02_zero_shot", "03_coop", "07_knowledge_fewshot"):
         assert set(df[df.notebook == notebook].dataset) == set(ids), notebook
@@ -189,7 +198,9 @@ def test_a_users_chexpert_csv_and_a_local_backbone_run_through_the_multilabel_no
     results = run_workbook("smoke", only=["09"], notebooks_dir=REPO / "notebooks", outputs_root=outputs, data_root=smoke_data,
                            extra_parameters={"train_dataset": str(chexpert), "eval_datasets": [str(nih)],
                                              "reports": str(tmp_path / "chexpert" / "reports.jsonl"),
-                                             "backbone": str(model_configs["hf"]), "ablation_seeds": []})
+                                             "backbone": str(model_configs["hf"]), "ablation_seeds": [],
+                                             "interactive": True})
+    assert explorers_in_last_cell(results[0].executed) == 1
     df = pd.read_csv(outputs / "results.csv")
     ml = df[df.task == "multi_label"]
     assert set(ml.dataset) == set(ids) and set(ml.train_dataset.dropna()) == {ids[0]}
@@ -215,7 +226,8 @@ def test_a_users_clipseg_folder_and_medvlsm_dataset_run_through_the_segmentation
     outputs = tmp_path / "outputs"
     results = run_workbook("smoke", only=["10"], notebooks_dir=REPO / "notebooks", outputs_root=outputs,
                            data_root=smoke_data, extra_parameters={"model": str(clipseg), "datasets": [str(data)],
-                                                                   "prompt": "p3", "sweep_seeds": [1]})
+                                                                   "prompt": "p3", "sweep_seeds": [1], "interactive": True})
+    assert explorers_in_last_cell(results[0].executed) == 1
     df = pd.read_csv(outputs / "results.csv")
     seg = df[df.task == "segmentation"]
     assert set(seg.dataset) == {"kvasir-like"} and set(seg.backbone) == {str(clipseg)}

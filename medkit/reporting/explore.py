@@ -45,18 +45,24 @@ def run_label(dataset: str, outcome: Outcome) -> str:
     return " | ".join(parts)
 
 
-def run_choices(outcomes: Mapping[str, Sequence[Outcome]]) -> dict[str, tuple[str, Outcome]]:
-    """{label: (dataset, outcome)} for every single-label outcome that kept test logits, in
-    the notebook's order; the label names dataset, method · variant, K and seed."""
+def run_choices(outcomes: Mapping[str, Sequence[Outcome]], n_classes: Mapping[str, int] | None = None
+                ) -> dict[str, tuple[str, Outcome]]:
+    """{label: (dataset, outcome)} for every single-label outcome scored on the test split
+    over the dataset's whole label set (not base / novel halves, not group labels, not
+    multi-label), in the notebook's order; the label names dataset, method · variant, K, seed."""
     out: dict[str, tuple[str, Outcome]] = {}
     for name, outs in outcomes.items():
         for o in outs:
+            row = o.row
+            if row.get("split") != "test" or row.get("classes", "all") != "all" or row.get("train_dataset"):
+                continue
             try:
-                logits = o.test_logits
+                logits, labels = o.test_logits, o.test_labels
             except (KeyError, StopIteration):
                 continue
-            if logits.ndim == 2:
-                out.setdefault(run_label(name, o), (name, o))
+            if logits.ndim != 2 or labels.ndim != 1 or (n_classes and logits.shape[1] != n_classes[name]):
+                continue
+            out.setdefault(run_label(name, o), (name, o))
     return out
 
 
@@ -254,8 +260,8 @@ def results_view(results: pd.DataFrame, metric: str = "acc", datasets: Sequence[
     df = select(results, split=split)
     if "shots" not in df:  # segmentation rows: no K
         df = df.assign(shots=np.nan)
-    if "classes" in df:
-        df = df[df["classes"].fillna("all") == classes]
+    if "classes" in df:  # segmentation rows leave it empty: one label set, `all`
+        df = df[df["classes"].fillna("").replace("", "all") == classes]
     if metric not in df or not df[metric].notna().any():
         raise ValueError(f"metric {metric!r} has no value in these rows; choose from "
                          f"{result_choices(results, split).metrics}")
@@ -298,7 +304,8 @@ def results_figure(view: pd.DataFrame, metric: str) -> Figure:
     k = pd.to_numeric(df["shots"], errors="coerce")
     if k.isna().all():  # no K anywhere (multi-label, segmentation, full training): bars, ± std
         return _bars(df, metric)
-    flat = set(df.loc[k.isna(), "method"]) | {"zeroshot"}
+    flat = set(df.loc[k.isna() | (df["method"] == "zeroshot"), "label"])  # by label: a method can have both
+    df["method"] = df["label"]
     ks = sorted(k.dropna().unique())
     # rows without K (zero-shot, full training) stand at every K: a dashed line across the plot
     df = pd.concat([df[k.notna()], *[df[k.isna()].assign(shots=kk) for kk in (ks or [0])]], ignore_index=True)

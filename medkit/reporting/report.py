@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from medkit.protocols import harmonic_mean
-from medkit.reporting.tables import latest, mean_std
+from medkit.reporting.tables import mean_std
 
 PUBLISHED = Path(__file__).with_name("published.csv")
 SEEDS = {"implant": "The implant study (COL828 report): OrthoNet and pacemakers — notebooks 01–06",
@@ -49,15 +49,35 @@ def dataset_name(dataset_id: str) -> str:
     return head if head and len(tail) == 8 and all(c in "0123456789abcdef" for c in tail) else str(dataset_id)
 
 
+LATEST_KEY = ["setting", "name", "train_dataset", "backbone", "protocol", "classes", "shots"]
+
+
 def _test_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """The test rows the report reads: the newest run of each setting on each dataset,
+    backbone, protocol, label set and K (an older run of the same setting elsewhere — another
+    notebook's K, another dataset — stays); `python -m medkit compare` runs are its own report."""
     df = results[results["split"] == "test"].copy()
+    if "notebook" in df:
+        df = df[~df["notebook"].fillna("").astype(str).str.startswith("compare_")]
     if df.empty:
         return df
-    if "setting_id" in df and "run_id" in df:
-        df = latest(df)
     df["classes"] = df["classes"].fillna("").replace("", "all") if "classes" in df else "all"
     df["name"] = df["dataset"].map(dataset_name)
+    if "run_id" in df:
+        ident = df["method"].astype(str) + "|" + df["variant"].astype(str) + "|" + (df["options"].astype(str) if "options" in df else "")
+        df["setting"] = df["setting_id"].fillna(ident) if "setting_id" in df else ident
+        for col in LATEST_KEY:
+            if col not in df:
+                df[col] = ""
+        keys = df[LATEST_KEY].astype(str)
+        newest = df.groupby([keys[c] for c in LATEST_KEY], dropna=False)["run_id"].transform("max")
+        df = df[df["run_id"] == newest]
     return df
+
+
+def averaged(pub: pd.Series) -> bool:
+    """A paper's average over its own datasets: compared with medkit's average over its datasets."""
+    return str(pub["paper_dataset"]).lower().startswith("average")
 
 
 # The CPU profiles cannot download ImageNet-21k, CLIP or DINOv2 weights: notebook 01 fine-tunes
@@ -73,40 +93,50 @@ def _variants(pub: pd.Series) -> list[str]:
     return [pub["variant"], *(f"{w}, {rest}" for w in STANDINS.get(pub["method"], {}).get(weights, ()))]
 
 
-def _matching(rows: pd.DataFrame, pub: pd.Series) -> pd.DataFrame:
+def _matching(rows: pd.DataFrame, pub: pd.Series, anywhere: bool = False) -> pd.DataFrame:
+    """medkit's test rows for one published number: the method on the paper dataset's stand-in
+    (every dataset for a paper's average, or with `anywhere`; none for a dataset without a
+    stand-in), its protocol and K, then the exact variant or else its offline stand-in."""
     if rows.empty or not (pub["method"] and pub["variant"]):  # a method family but no setting: no counterpart
         return rows.iloc[:0]
     df = rows[rows["method"] == pub["method"]]
-    for variant in _variants(pub):  # the exact setting first, a stand-in only when it did not run
-        if (df["variant"] == variant).any():
-            df = df[df["variant"] == variant]
-            break
-    else:
-        return rows.iloc[:0]
-    if pub["medkit_dataset"]:
+    if pub["medkit_dataset"] and not anywhere:
         df = df[df["name"] == pub["medkit_dataset"]]
-    if pub["seed"] not in LOOSE_PROTOCOL:
+    elif not (averaged(pub) or anywhere):
+        return rows.iloc[:0]
+    if pub["seed"] in LOOSE_PROTOCOL:  # full-data paper, K-shot notebook: medkit's largest K per dataset
+        k = pd.to_numeric(df["shots"], errors="coerce").fillna(np.inf)
+        df = df[k == k.groupby(df["name"]).transform("max")]
+    else:
         df = df[df["protocol"] == pub["protocol"]]
         if not pd.isna(pub["shots"]):
             df = df[pd.to_numeric(df["shots"], errors="coerce") == float(pub["shots"])]
-    return df
+    for variant in _variants(pub):  # the exact setting first, a stand-in only when it did not run
+        if (df["variant"] == variant).any():
+            return df[df["variant"] == variant]
+    return rows.iloc[:0]
 
 
-def medkit_cell(rows: pd.DataFrame, pub: pd.Series) -> tuple[float, float, int]:
-    """(mean, std, n) of medkit's test rows for one published number; n = 0 when none ran.
-    Without a stand-in dataset (a paper's average over its datasets) the mean is over every
-    medkit dataset that has the setting; `hm` is the harmonic mean of base and novel."""
-    df = _matching(rows, pub)
+def _per_seed(df: pd.DataFrame, metric: str) -> pd.Series:
+    """The metric per seed, averaged over datasets first (a paper's average over datasets is
+    set against medkit's; its spread is still the seeds')."""
+    values = pd.to_numeric(df[metric], errors="coerce") if metric in df else pd.Series(np.nan, index=df.index)
+    seeds = df["seed"].fillna(-1) if "seed" in df else pd.Series(-1, index=df.index)
+    return values.groupby(seeds).mean().dropna()
+
+
+def medkit_cell(rows: pd.DataFrame, pub: pd.Series, anywhere: bool = False) -> tuple[float, float, int]:
+    """(mean, std over seeds, n seeds) of medkit's test rows for one published number; n = 0
+    when none ran. `hm` is the harmonic mean of base and novel accuracy."""
+    df = _matching(rows, pub, anywhere)
     if df.empty:
         return np.nan, np.nan, 0
     if pub["metric"] == "hm":
-        base = df[df["classes"] == "base"]["acc"].dropna()
-        novel = df[df["classes"] == "novel"]["acc"].dropna()
+        base, novel = (_per_seed(df[df["classes"] == c], "acc") for c in ("base", "novel"))
         if base.empty or novel.empty:
             return np.nan, np.nan, 0
         return harmonic_mean(base.mean(), novel.mean()), np.nan, int(min(len(base), len(novel)))
-    df = df[df["classes"] == pub["classes"]]
-    values = pd.to_numeric(df.get(pub["metric"], pd.Series(dtype=float)), errors="coerce").dropna()
+    values = _per_seed(df[df["classes"] == pub["classes"]], pub["metric"])
     if values.empty:
         return np.nan, np.nan, 0
     return float(values.mean()), float(values.std()) if len(values) > 1 else np.nan, int(len(values))
@@ -124,11 +154,14 @@ def _column(pub: pd.Series, several_datasets: bool, several_k: bool) -> str:
 
 def paper_table(published: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     """One paper table: the paper's rows (its own labels), and per column (dataset, K, metric
-    as the paper spreads them) the published number beside medkit's mean ± std (n seeds)."""
+    as the paper spreads them) the published number beside medkit's mean ± std (n seeds).
+    A paper dataset without a stand-in gets no medkit number; the row's numbers on the
+    embedded world's datasets (mean over them) stand in `embedded world · …` columns after the
+    paper's, with no published number beside them."""
     several_datasets = published["paper_dataset"].nunique() > 1
     several_k = published["shots"].nunique() > 1
-    cells: dict[tuple[str, str], dict[tuple[str, str], str]] = {}
-    settings: dict[str, str] = {}
+    cells: dict[str, dict[tuple[str, str], str]] = {}
+    settings: dict[str, tuple[str, set]] = {}
     matched = 0
     for _, pub in published.iterrows():
         col = _column(pub, several_datasets, several_k)
@@ -136,20 +169,30 @@ def paper_table(published: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
         mean, std, n = medkit_cell(rows, pub)
         matched += n > 0
         cells.setdefault(row, {})[(col, "paper")] = f"{pub['value']:.3f}"
-        cells[row][(col, "medkit")] = NOT_RUN if n == 0 else f"{mean_std(mean, std)} (n={n})"
+        no_standin = bool(pub["method"] and pub["variant"] and not pub["medkit_dataset"] and not averaged(pub))
+        cells[row][(col, "medkit")] = (f"{mean_std(mean, std)} (n={n})" if n else "no stand-in" if no_standin else NOT_RUN)
+        if no_standin:
+            world = " · ".join(["embedded world", *_column(pub, False, several_k).split(" · ")])
+            if (world, "medkit") not in cells[row]:
+                m, sd, k = medkit_cell(rows, pub, anywhere=True)
+                cells[row][(world, "paper")] = ""
+                cells[row][(world, "medkit")] = f"{mean_std(m, sd)} (n={k})" if k else NOT_RUN
         if pub["method"] and pub["variant"]:
-            where = pub["medkit_dataset"] or "mean over medkit's datasets"
-            ran = _matching(rows, pub)
+            ran = _matching(rows, pub, anywhere=no_standin)
             variant = ran["variant"].iloc[0] if len(ran) else pub["variant"]
             note = f" (stand-in for {pub['variant'].partition(', ')[0]})" if variant != pub["variant"] else ""
-            settings.setdefault(row, f"{pub['method']} · {variant}{note} on {where}")
+            where = pub["medkit_dataset"] or ("mean over medkit's datasets" if averaged(pub) else "the embedded world")
+            label, places = settings.setdefault(row, (f"{pub['method']} · {variant}{note}", set()))
+            places.add(where)
         else:
-            settings.setdefault(row, f"no counterpart{f' (a {pub.method} variant medkit does not run)' if pub['method'] else ''}")
+            settings.setdefault(row, (f"no counterpart{f' (a {pub.method} variant medkit does not run)' if pub['method'] else ''}", set()))
     table = pd.DataFrame.from_dict(cells, orient="index")
     table.columns = pd.MultiIndex.from_tuples(table.columns)
     cols = list(dict.fromkeys(c for c, _ in table.columns))
+    cols = [c for c in cols if not c.startswith("embedded world")] + [c for c in cols if c.startswith("embedded world")]
     table = table[[(c, s) for c in cols for s in ("paper", "medkit")]].fillna("")
-    table.insert(0, ("", "medkit setting"), [settings[r] for r in table.index])
+    table.insert(0, ("", "medkit setting"), [settings[r][0] + (f" on {', '.join(sorted(settings[r][1]))}" if settings[r][1] else "")
+                                             for r in table.index])
     table.index.name = "paper's row"
     table.attrs["matched"] = matched  # published numbers with a medkit number beside them
     return table
@@ -203,6 +246,8 @@ def latest_runs(outputs_root: Path | str) -> dict[str, NotebookRun]:
             continue
         config = json.loads(path.read_text())
         notebook = config.get("_meta", {}).get("notebook") or folder.name.split("_", 1)[-1]
+        if notebook.startswith("compare_"):  # `python -m medkit compare` writes its own report
+            continue
         metrics_path = folder / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
         out[notebook] = NotebookRun(notebook, folder, config, metrics, sorted((folder / "figures").glob("*.png")))
@@ -265,6 +310,8 @@ def export_html(notebook: Path | str, html: Path | str) -> Path:
                             exclude_output_prompt=True, embed_images=True)
     exporter.mathjax_url = ""
     exporter.require_js_url = ""
+    if hasattr(exporter, "mermaid_js_url"):
+        exporter.mermaid_js_url = ""
     nb = nbformat.read(str(notebook), as_version=4)
     # a page has no kernel: widgets (an explorer of an interactive run) would only make it fetch
     # the widget manager from a CDN to draw nothing
@@ -284,7 +331,7 @@ def strip_remote_assets(html: str) -> str:
     """Drop <script src=http…> and <link href=http…> tags: opening the page fetches nothing."""
     import re
 
-    html = re.sub(r"<script[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>", "", html, flags=re.I)
+    html = re.sub(r"<script[^>]*\bsrc=[\"'](?:https?://[^\"']*)?[\"'][^>]*>\s*</script>", "", html, flags=re.I)
     return re.sub(r"<link[^>]*\bhref=[\"']https?://[^>]*>", "", html, flags=re.I)
 
 
