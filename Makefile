@@ -49,8 +49,10 @@ lab: setup
 # To move to newer versions: rm -rf .venv && make test REQUIREMENTS=requirements.txt && make lock
 UV ?= uv
 LOCK_PLATFORM ?= x86_64-manylinux_2_28
-LOCK_PYTHON = $(shell $(PY) -c "import sys;print('%d.%d.%d' % sys.version_info[:3])")
-LOCK_FLAGS = --python-version $(LOCK_PYTHON) --python-platform $(LOCK_PLATFORM) --generate-hashes --annotation-style line --no-header
+LOCK_PYTHON = $(shell $(PY) -c "import sys;print('%d.%d' % sys.version_info[:2])")
+# uv reads "3.11" as ">=3.11", and a package needing 3.11.5 then cannot resolve: give it the patch level
+LOCK_PYTHON_FULL = $(shell $(PY) -c "import sys;print('%d.%d.%d' % sys.version_info[:3])")
+LOCK_FLAGS = --python-version $(LOCK_PYTHON_FULL) --python-platform $(LOCK_PLATFORM) --generate-hashes --annotation-style line --no-header
 define LOCK_HEADER
 # requirements.lock: the exact versions `make setup` installs, verified (`make test` passed on
 # them), with hashes; for CPython $(LOCK_PYTHON) on Linux x86_64 ($(LOCK_PLATFORM), glibc >= 2.28),

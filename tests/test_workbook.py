@@ -44,7 +44,8 @@ def test_smoke_workbook_end_to_end(tmp_path, smoke_data):
         assert (outputs / "executed" / r.notebook.name).is_file()
         cfg = json.loads((r.executed.parent / "config.json").read_text())
         assert cfg["profile"]["name"] == "smoke" and "git_commit" in cfg["_meta"] and cfg["_meta"]["packages"]["torch"]
-        assert list((r.executed.parent / "figures").glob("*.png")), f"{r.notebook.name} saved no figure"
+        if r.notebook.name != "90_report.ipynb":  # the report shows the other notebooks' figures
+            assert list((r.executed.parent / "figures").glob("*.png")), f"{r.notebook.name} saved no figure"
     for r in results:  # headless: the explorers stay hidden and progress is plain lines
         nb = nbformat.read(r.executed, as_version=4)
         widgets = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
