@@ -31,8 +31,9 @@ $(STAMP): $(REQUIREMENTS)
 workbook: setup
 	$(PY) -m medkit workbook --profile $(PROFILE)
 
+# the slowest tests are listed at the end, so a CI log shows where the 20 minutes go
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 # JupyterLab on the project's venv and its `medkit` kernel, on loopback only, opening notebooks/
 # (the project root is the server's root, so outputs/ and data/ are one click away). Inline

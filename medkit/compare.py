@@ -21,7 +21,6 @@ import base64
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -37,7 +36,7 @@ from medkit.grids import few_shot_grid
 from medkit.methods import Ref
 from medkit.profiles import get_profile
 from medkit.reporting.tables import mean_std
-from medkit.runs import Run, open_run, sanitise, start_run
+from medkit.runs import Run, pinned_run, sanitise
 
 DEEP_PROMPTS = (("maple", "MaPLe"), ("vpt_deep", "VPT-deep"), ("ivlp", "IVLP"))
 REFERENCE_DEPTH = (9, 12)  # MaPLe / IVLP prompt 9 of ViT-B's 12 layers
@@ -92,23 +91,6 @@ def comparison_key(dataset: Dataset, backbone: str, profile: str, knowledge: str
     return sanitise(f"{dataset.id}_{backbone}_{profile}{tail}")
 
 
-def _run_folder(folder: Path, key: str, profile: str, config: dict, outputs_root: Path) -> tuple[Run, str]:
-    """The comparison's own run folder and the state it was in: reopened while it exists, so
-    the grid resumes. The pointer is relative to `folder`, so a moved outputs/ still resumes."""
-    pointer = folder / "run.txt"
-    if pointer.is_file():
-        path = (folder / pointer.read_text().strip()).resolve()
-        if (path / "config.json").is_file():
-            run = open_run(path, config)
-            before = run.status
-            run.mark("running")
-            return run, before
-    run = start_run(f"compare_{key}", profile, config, root=outputs_root)
-    folder.mkdir(parents=True, exist_ok=True)
-    pointer.write_text(os.path.relpath(run.path.resolve(), folder.resolve()) + "\n")
-    return run, "new"
-
-
 def compare(data: str | Path, backbone: str = "", profile: str = "tiny", shots: Sequence[int] = (1, 2, 4, 8, 16),
             seeds: Sequence[int] = (1, 2, 3), outputs_root: str | Path = "outputs", data_root: str | Path = "data",
             knowledge: str | None = None, device: str = "", image_root: str | None = None,
@@ -137,7 +119,7 @@ def compare(data: str | Path, backbone: str = "", profile: str = "tiny", shots: 
     folder = outputs_root / "compare" / key
     config = {"profile": prof.as_dict(), "data": str(data), "dataset": dataset.id, "shots": list(shots),
               "seeds": list(seeds), "knowledge": knowledge or "", "settings": [s.id for s in settings]}
-    run, before = _run_folder(folder, key, prof.name, config, outputs_root)
+    run, before = pinned_run(folder, f"compare_{key}", prof.name, config, outputs_root)
     cells = [(s, k, seed) for s in settings for k in shots if s.shots is None or k in s.shots for seed in seeds]
     bar = tqdm(total=len(cells), desc=f"compare {dataset.id}", unit="run", disable=not progress)
     say = log or (bar.write if progress else print)

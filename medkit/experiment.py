@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from medkit import distributed
 from medkit.backbones import BackboneAdapter
 from medkit.config import TrainConfig
 from medkit.data import Dataset, LabelSpace
@@ -226,16 +227,21 @@ class Experiment:
             options[key] = value
         return get_spec(setting.method).cls(self.adapter, list(classnames), **options)
 
-    def config(self, setting: Setting, seed: int, sel: Selection) -> TrainConfig:
+    def config(self, setting: Setting, seed: int, sel: Selection, validate: bool = False) -> TrainConfig:
         """The reference's training defaults, the profile's and the method's budget, the
-        setting's overrides; few-shot runs get the step budget."""
+        setting's overrides; few-shot runs get the step budget. `validate=True` keeps the
+        per-epoch validation a few-shot run otherwise skips (a search prunes on it)."""
         spec = get_spec(setting.method)
         budget = spec.budget(self.profile.name, setting.options)
         cfg = spec.training_defaults(setting.options).with_(
             **{**self.profile.default_train, **budget.train, "seed": seed, **setting.train})
         if sel.family != "few_shot":
             return cfg
-        if cfg.select == "last" and cfg.patience is None:
+        if sel.shots in budget.epochs_by_shots and "epochs" not in setting.train:
+            cfg = cfg.with_(epochs=budget.epochs_by_shots[sel.shots])
+        if validate:
+            cfg = cfg.with_(validate=True)
+        elif cfg.select == "last" and cfg.patience is None:
             # the references report the last epoch: validating every epoch would only cost
             # time (a text pass per validation image for image-conditioned methods)
             cfg = cfg.with_(validate=False)
@@ -284,14 +290,16 @@ class Experiment:
         return history
 
     def train(self, method: nn.Module, setting: Setting, seed: int | None, sel: Selection,
-              progress: bool | str = False, tag: str | None = None, fp: dict | None = None) -> pd.DataFrame | None:
+              progress: bool | str = False, tag: str | None = None, fp: dict | None = None,
+              callbacks: Sequence[Callable[[dict, nn.Module], bool | None]] = ()) -> pd.DataFrame | None:
         """prepare → fit (if the method trains by gradient; restored when this run folder
-        already finished it, resumed when it was interrupted) → finish."""
+        already finished it, resumed when it was interrupted) → finish. `callbacks` see every
+        epoch's history row, validation included (a search's pruner)."""
         if _overrides(method, "prepare"):
             method.prepare(self._frozen(method, sel.train), self._frozen(method, sel.val))
         history = None
         if method.trains_by_gradient:
-            cfg = self.config(setting, seed, sel)
+            cfg = self.config(setting, seed, sel, validate=bool(callbacks))
             tag = tag or self._tag(setting, sel, seed)
             fp = fp or self.fingerprint(setting, sel, seed)
             history = self._restore(method, tag, fp)
@@ -303,7 +311,7 @@ class Experiment:
                 state_dir = self.run.path / "train_state" / tag if self.run is not None else None
                 history = fit(method, train, self._inputs(method, val), cfg, progress=progress, cache=self.cache,
                               desc=f"{setting.method} {setting.variant} s{seed}", checkpoint_dir=state_dir,
-                              resume=state_dir is not None, fingerprint=fp)
+                              resume=state_dir is not None, fingerprint=fp, callbacks=callbacks)
         if _overrides(method, "finish"):
             method.finish(self._frozen(method, sel.val))
         return history
@@ -419,7 +427,8 @@ class Experiment:
         keep_trained(self.run, tag, history, state if keeps_state else None, fp,
                      {"method": setting.method, "variant": variant or setting.variant, "seed": seed},
                      setting=setting.id, method=setting.method, options=setting.options_json, seed=seed)
-        shutil.rmtree(self.run.path / "train_state" / tag, ignore_errors=True)  # kept: no resume point needed
+        if distributed.is_main():  # the one writer of the run folder
+            shutil.rmtree(self.run.path / "train_state" / tag, ignore_errors=True)  # kept: no resume point needed
 
     # ------------------------------------------------------------------ selections
     def full_selection(self, eval_splits: Sequence[str] = ("val", "test"), protocol: str = "full") -> Selection:

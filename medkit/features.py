@@ -24,6 +24,7 @@ import re
 import warnings
 import weakref
 from dataclasses import dataclass
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from medkit import distributed
 from medkit.atomic import atomic_torch_save
 from medkit.data import ImageDataset, Split
 
@@ -238,13 +240,15 @@ class FeatureCache:
         key = self.key(source, split, views)
         feats = self._memory.get(key)
         if feats is None:
-            feats = self._load(key, len(split))
-            if feats is None:
-                feats = self._build(as_encoder(source), split, views)
-                self._store(key, feats)
-                self.builds += 1
-            else:
-                self.hits += 1
+            # several processes (torchrun): rank 0 builds and stores the entry, the others then load it
+            with distributed.main_first() if self.root is not None else nullcontext():
+                feats = self._load(key, len(split))
+                if feats is None:
+                    feats = self._build(as_encoder(source), split, views)
+                    self._store(key, feats)
+                    self.builds += 1
+                else:
+                    self.hits += 1
             self._memory[key] = feats
         else:
             self.hits += 1

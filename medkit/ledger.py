@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import pandas as pd
 import torch
 
+from medkit import distributed
 from medkit.atomic import atomic_torch_save
 from medkit.runs import Run, result_columns
 
@@ -30,8 +31,9 @@ class RowLedger:
             self.recorded = set((run.path / "recorded.txt").read_text().splitlines())
 
     def add(self, key: str, row: Mapping[str, Any]) -> None:
-        """Append `row`'s result columns to results.csv unless `key` was written already."""
-        if self.run is None or key in self.recorded:
+        """Append `row`'s result columns to results.csv unless `key` was written already (under
+        several processes, rank 0 alone writes)."""
+        if self.run is None or key in self.recorded or not distributed.is_main():
             return
         columns = set(result_columns())
         self.run.add_result(**{k: v for k, v in row.items() if k in columns})
@@ -43,8 +45,9 @@ class RowLedger:
 def keep_trained(run: Run | None, tag: str, history: pd.DataFrame | None, state: Mapping[str, torch.Tensor] | None,
                  fingerprint: Mapping[str, Any] | None, labels: Mapping[str, Any], **meta: Any) -> None:
     """histories/<tag>.csv (with `labels` as columns, and `<tag>_steps.csv` from
-    `history.attrs["steps"]`) and checkpoints/<tag>.pt (`state`, `fingerprint`, `meta`)."""
-    if run is None:
+    `history.attrs["steps"]`) and checkpoints/<tag>.pt (`state`, `fingerprint`, `meta`); rank 0
+    alone writes under several processes."""
+    if run is None or not distributed.is_main():
         return
     if history is not None and len(history):
         path = run.path / "histories" / f"{tag}.csv"

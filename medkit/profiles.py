@@ -2,6 +2,9 @@
 
 - `smoke`: seconds per notebook; exercises every code path (CI, tests).
 - `tiny`: the embedded default on a laptop CPU; minutes; meaningful numbers.
+- `full`: the embedded world at the references' own training budgets (their epochs, batch
+  sizes and SGD; CoOp's 50–200 epochs by K; every test image, CoCoOp and CILMP included):
+  minutes per notebook on a GPU, hours on a CPU — a job for `python -m medkit sweep`.
 - `paper`: real checkpoints on a GPU; the seeds' settings. Point `datasets` at real data.
 
 A profile holds what is the same for every method (backbone, world, seeds and shots it
@@ -49,6 +52,9 @@ PROFILES: dict[str, Profile] = {
     # few-shot sets span 12 to 720 images: a fixed step budget, not a fixed epoch count
     "tiny": Profile("tiny", backbone="miniclip", world="tiny", tsne_points=400, few_shot_steps=10,
                     vit_weights=("scratch", "supervised", "miniclip")),  # no hub: no DINOv2 stand-in
+    # no method declares a "full" budget but CoOp's epochs by K: the reference defaults rule
+    "full": Profile("full", backbone="miniclip", world="tiny", cell_timeout_s=None, tsne_points=1000,
+                    vit_weights=("scratch", "supervised", "miniclip")),
     "paper": Profile("paper", backbone="ViT-B-16/openai", world="paper", device="cuda", cell_timeout_s=None),
 }
 

@@ -367,6 +367,26 @@ def open_run(path: Path | str, config: Mapping[str, Any] | None = None) -> Run:
     return run
 
 
+def pinned_run(folder: Path | str, notebook: str, tag: str, config: Mapping[str, Any],
+               root: Path | str = "outputs") -> tuple[Run, str]:
+    """The run folder a command keeps for one job (a comparison, a search), and the state it
+    was in ("new" when made now): `folder/run.txt` points at it, so the same command run again
+    reopens it and resumes. The pointer is relative to `folder`: a moved outputs/ still resumes."""
+    folder = Path(folder)
+    pointer = folder / "run.txt"
+    if pointer.is_file():
+        path = (folder / pointer.read_text().strip()).resolve()
+        if (path / "config.json").is_file():
+            run = open_run(path, config)
+            before = run.status
+            run.mark("running")
+            return run, before
+    run = start_run(notebook, tag, config, root=root)
+    folder.mkdir(parents=True, exist_ok=True)
+    pointer.write_text(os.path.relpath(run.path.resolve(), folder.resolve()) + "\n")
+    return run, "new"
+
+
 def notebook_run(notebook: str, tag: str, config: Mapping[str, Any], run_dir: str | Path = "",
                  root: Path | str = "outputs") -> Run:
     """What a notebook calls: the runner's folder when headless, a fresh one in JupyterLab."""

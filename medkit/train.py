@@ -31,13 +31,15 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset, default_collate
 from tqdm.auto import tqdm
 
+from medkit import distributed
 from medkit.atomic import atomic_torch_save
 from medkit.config import TrainConfig
 from medkit.data import ImageDataset, Split
 from medkit.features import CachedFeatures, FeatureCache, encode_split
+from medkit.methods.base import MethodBase
 from medkit.ledger import ResumeError  # noqa: F401 — raised here, and importable from here as before
 from medkit.precision import autocast, check_finite, grad_scaler, resolve
 from medkit.runs import json_safe
@@ -83,12 +85,25 @@ def loader(method: nn.Module, data: Data, batch_size: int, shuffle: bool, train_
         if not method.uses_cached_features:
             raise TypeError(f"{type(method).__name__} runs its image tower each step: pass a Split, not features")
         feats, labels = (data.view(epoch, seed), data.labels) if isinstance(data, CachedFeatures) else data
-        return DataLoader(TensorDataset(feats, labels), batch_size=batch_size, shuffle=shuffle, generator=generator)
+        return _batches(TensorDataset(feats, labels), batch_size, shuffle, generator)
     if method.uses_cached_features:
         return loader(method, cached_inputs(method, data, cache), batch_size, shuffle, False, generator)
     tf_train, tf_eval = transforms_of(method)
-    return DataLoader(ImageDataset(data, tf_train if train_transform else tf_eval), batch_size=batch_size,
-                      shuffle=shuffle, generator=generator)
+    return _batches(ImageDataset(data, tf_train if train_transform else tf_eval), batch_size, shuffle, generator)
+
+
+def _collate_shard(batch: list):
+    return default_collate(batch) if batch else None  # a rank whose share of a small batch is empty
+
+
+def _batches(dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None) -> DataLoader:
+    """Training batches; under several processes each rank's share of the same global batch."""
+    if shuffle and distributed.active():
+        # the loader draws its base seed from `generator` before the sampler draws the order,
+        # as one process's shuffled loader does: given the generator, both draw the same batches
+        return DataLoader(dataset, batch_sampler=distributed.ShardedBatches(len(dataset), batch_size, generator),
+                          collate_fn=_collate_shard, generator=generator)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
 def cached_inputs(method: nn.Module, data: Data, cache: FeatureCache | None = None, views: int = 0) -> Data:
@@ -201,6 +216,37 @@ def _differences(saved: dict, wanted: dict) -> list[str]:
     return out
 
 
+def _shard_step(method: nn.Module, x, y, device: torch.device, cfg: TrainConfig, params: list[nn.Parameter]):
+    """One rank's part of a step on its share of the global batch: its loss terms weighted by
+    its share, backward, gradients summed over ranks. Returns ((x, y), global batch size, the
+    global batch's mean terms, its loss, this rank's logits or None)."""
+    n_local = 0 if x is None else len(y)
+    n_batch = int(distributed.sum_values(n_local)[0])
+    logits, terms = None, {}
+    if n_local:
+        x, y = x.to(device), y.to(device)
+        with _autocast(cfg, device):
+            logits = method(x)
+            terms = method.loss_terms(logits.float(), y)
+        weight = n_local / n_batch
+        method.backward_step({k: v * weight for k, v in terms.items()})
+    names = sorted(terms) if n_local else []
+    # every rank must know every term's name to sum them: rank 0 always has a share
+    names = _term_names(names)
+    values = distributed.sum_values(*[float(terms[k].detach()) * n_local / n_batch if k in terms else 0.0
+                                      for k in names])
+    distributed.sum_gradients(params)
+    step_terms = dict(zip(names, values))
+    return (x, y), n_batch, step_terms, sum(step_terms.values()), logits
+
+
+def _term_names(names: list[str]) -> list[str]:
+    """The loss terms' names of rank 0 (which always has a share of a batch) on every rank."""
+    box = [names]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainConfig = TrainConfig(),
         checkpoint_dir: str | Path | None = None, resume: bool = False, callbacks: Sequence[Callback] = (),
         progress: bool | str = True, desc: str = "", cache: FeatureCache | None = None,
@@ -226,13 +272,19 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
     device = torch.device(cfg.device)
     method.to(device)
     seed_everything(cfg.seed)
+    if distributed.active() and type(method).backward_step is not MethodBase.backward_step:
+        raise ValueError(f"{type(method).__name__} reshapes each step's gradient: its per-process gradients do not "
+                         "add up to one process's, so run it in one process (no torchrun)")
     if method.uses_cached_features:
         train = cached_inputs(method, train, cache, cfg.feature_views if cfg.augment else 0)
         val = cached_inputs(method, val, cache)
     params = [p for p in method.parameters() if p.requires_grad]
+    distributed.broadcast_parameters(params)
     opt = _optimizer(params, cfg)
     precision = resolve(cfg.precision, device, cfg.amp)
     scaler = grad_scaler(cfg.precision, device, cfg.amp)
+    if scaler is not None and distributed.active():
+        raise ValueError("fp16 loss scaling under several processes is not supported: use precision='bf16' or 'fp32'")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, cfg))
     history: list[dict] = []
     best_acc, best_state, stale, start_epoch = -1.0, None, 0, 0
@@ -264,7 +316,7 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
     steps = len(loader(method, train, cfg.batch_size, True, cfg.augment, gen, seed=cfg.seed)) if progress is True else 0
     steps = min(steps, cfg.max_steps_per_epoch or steps)
     bar = tqdm(total=steps * (cfg.epochs - start_epoch), desc=desc or type(method).__name__,
-               disable=progress is not True, mininterval=1)
+               disable=progress is not True or not distributed.is_main(), mininterval=1)
     t0 = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         gen.manual_seed(cfg.seed * 10007 + epoch)  # a resumed run shuffles as an uninterrupted one
@@ -274,20 +326,25 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
         for step, (x, y) in enumerate(loader(method, train, cfg.batch_size, True, cfg.augment, gen, epoch, cfg.seed)):
             if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
                 break
-            x, y = x.to(device), y.to(device)
-            with _autocast(cfg, device):
-                logits = method(x)
-                terms = method.loss_terms(logits.float(), y)
             opt.zero_grad(set_to_none=True)
-            step_terms = {name: float(term.detach()) for name, term in terms.items()}
-            if scaler is None:
-                loss = method.backward_step(terms)  # the sum of the terms, or the method's own gradient shaping
-                step_loss = float(loss.detach())
-            else:  # fp16: gradients of the scaled terms (a method's gradient shaping is scale-invariant)
-                scale = scaler.get_scale()
-                step_loss = float(method.backward_step({k: scaler.scale(v) for k, v in terms.items()}).detach()) / scale
-                scaler.unscale_(opt)
-            check_finite(step_loss, logits.detach(), len(steps_log) + 1, epoch + 1, precision, step_terms)
+            if distributed.active():  # this rank's share of the global batch, weighted by its size
+                (x, y), n_batch, step_terms, step_loss, logits = _shard_step(method, x, y, device, cfg, params)
+            else:
+                x, y = x.to(device), y.to(device)
+                n_batch = len(y)
+                with _autocast(cfg, device):
+                    logits = method(x)
+                    terms = method.loss_terms(logits.float(), y)
+                step_terms = {name: float(term.detach()) for name, term in terms.items()}
+                if scaler is None:
+                    loss = method.backward_step(terms)  # the sum of the terms, or the method's own gradient shaping
+                    step_loss = float(loss.detach())
+                else:  # fp16: gradients of the scaled terms (a method's gradient shaping is scale-invariant)
+                    scale = scaler.get_scale()
+                    step_loss = float(method.backward_step({k: scaler.scale(v) for k, v in terms.items()}).detach()) / scale
+                    scaler.unscale_(opt)
+            check_finite(step_loss, None if logits is None else logits.detach(), len(steps_log) + 1, epoch + 1,
+                         precision, step_terms)
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             if scaler is None:
@@ -295,12 +352,13 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
             else:
                 scaler.step(opt)  # skipped where the scaled gradients overflowed; the scale then shrinks
                 scaler.update()
-            total += step_loss * len(y)
+            total += step_loss * n_batch
             for name, value in step_terms.items():
-                term_sums[name] = term_sums.get(name, 0.0) + value * len(y)
+                term_sums[name] = term_sums.get(name, 0.0) + value * n_batch
             steps_log.append({"epoch": epoch + 1, "step": len(steps_log) + 1, "loss": step_loss, **step_terms})
-            step_hits, step_counted = hits(logits.detach(), y)
-            correct, counted, seen = correct + step_hits, counted + step_counted, seen + len(y)
+            step_hits, step_counted = hits(logits.detach(), y) if logits is not None else (0, 0)
+            step_hits, step_counted = (int(v) for v in distributed.sum_values(step_hits, step_counted))
+            correct, counted, seen = correct + step_hits, counted + step_counted, seen + n_batch
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.3f}", refresh=False)
         lr = opt.param_groups[0]["lr"]
@@ -320,7 +378,7 @@ def fit(method: nn.Module, train: Data, val: Data | None = None, config: TrainCo
                 best_state = method.trainable_state()
         else:
             stale += 1
-        if ckpt is not None:
+        if ckpt is not None and distributed.is_main():  # one writer; every rank can resume from it
             atomic_torch_save({"epoch": epoch, "method": method.trainable_state(), "optimizer": opt.state_dict(),
                                "scheduler": sched.state_dict(), "history": history, "best_acc": best_acc,
                                "best_state": best_state, "stale": stale, "torch_rng": torch.get_rng_state(),

@@ -10,15 +10,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "medkit"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("config", "atomic", "paths", "profiles", "precision"),
+    ("config", "atomic", "paths", "profiles", "precision", "distributed"),
     ("data", "backbones", "seg", "features", "metrics", "multilabel_metrics", "losses", "prompts", "protocols", "runs", "plots",
-     "knowledge", "tasks", "ledger"),
+     "knowledge", "tasks", "ledger", "studies"),
     ("methods", "seg.strategies"),
     ("train", "seg.train"),
     ("selection", "experiment", "seg.experiment"),
     ("grids",),
     ("reporting",),
-    ("ui", "compare"),
+    ("ui", "compare", "search", "sweep"),
     ("workbook", "bench", "__main__", "__init__"),
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}

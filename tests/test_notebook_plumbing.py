@@ -31,7 +31,9 @@ def test_notebook_reopens_the_runner_folder_and_merges_its_config(tmp_path):
 
 
 def test_profiles():
-    assert set(PROFILES) == {"smoke", "tiny", "paper"}
+    assert set(PROFILES) == {"smoke", "tiny", "full", "paper"}
+    full = get_profile("full")
+    assert full.few_shot_steps is None and full.world == get_profile("tiny").world  # the references' epochs, same world
     assert get_profile("tiny", backbone="").backbone == "miniclip"  # '' means the default
     assert get_profile("tiny", backbone="ViT-B-16/openai").backbone == "ViT-B-16/openai"
     with pytest.raises(ValueError, match="unknown profile 'huge'"):

@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from medkit.config import TrainConfig
-from medkit.methods.registry import (KINDS, KNOWLEDGE_RESOURCES, Budget, GridEntry, MethodSpec, Ref, check_constructor,
-                                     options_dataclass, options_json, setting_id)
+from medkit.methods.registry import (CONTEXT_CHOICE, KINDS, KNOWLEDGE_RESOURCES, OPTIMISER_SPACE, Budget, Choice, FloatRange, GridEntry, IntRange,
+                                     MethodSpec, Ref, SearchSpace, check_constructor, options_dataclass, options_json,
+                                     setting_id)
 
 REGISTRY: dict[str, MethodSpec] = {}
 
@@ -17,14 +18,15 @@ REGISTRY: dict[str, MethodSpec] = {}
 def register(name: str, *, kind: str, training: TrainConfig | Mapping[str, TrainConfig] = TrainConfig(),
              budgets: Mapping[str, Budget | Mapping[str, Budget]] | None = None, grid: tuple[GridEntry, ...] = (),
              example: Mapping[str, Any] | None = None, novel_classes: bool = True,
-             defaults_by: str | None = None) -> Callable[[type], type]:
+             defaults_by: str | None = None, search_space: SearchSpace | None = None) -> Callable[[type], type]:
     """Register a method class.
 
     `kind`: one of KINDS; `training`: the reference's TrainConfig (or one per value of the
     option `defaults_by`); `budgets`: {profile: Budget} (or {profile: {option value:
     Budget}}); `grid`: its few-shot grid entries; `example`: options for a tiny backbone
     (the contract tests); `novel_classes`: whether trained parameters carry to classes
-    never seen (base-to-novel), given class-agnostic options."""
+    never seen (base-to-novel), given class-agnostic options; `search_space`: the default
+    space of `medkit.search` (the reference's ranges), {name: FloatRange | IntRange | Choice}."""
     if kind not in KINDS:
         raise ValueError(f"method {name!r}: kind {kind!r} is not one of {KINDS}")
 
@@ -33,7 +35,8 @@ def register(name: str, *, kind: str, training: TrainConfig | Mapping[str, Train
             raise ValueError(f"method {name!r} registered twice")
         check_constructor(name, cls)
         REGISTRY[name] = MethodSpec(name, cls, options_dataclass(name, cls), kind, training, dict(budgets or {}),
-                                    tuple(grid), dict(example or {}), novel_classes, defaults_by)
+                                    tuple(grid), dict(example or {}), novel_classes, defaults_by,
+                                    dict(search_space or {}))
         cls.registry_name = name
         return cls
     return deco
@@ -83,6 +86,6 @@ from .pspg import PsPG  # noqa: E402
 from .clip_finetune_contrastive import ContrastiveFinetune  # noqa: E402
 
 # the registry's classes are exported by name: a new method needs no edit here beyond its import
-__all__ = sorted({"Budget", "GridEntry", "KNOWLEDGE_RESOURCES", "MethodSpec", "REGISTRY", "Ref", "build_vit",
+__all__ = sorted({"CONTEXT_CHOICE", "OPTIMISER_SPACE", "Budget", "Choice", "FloatRange", "GridEntry", "IntRange", "SearchSpace", "KNOWLEDGE_RESOURCES", "MethodSpec", "REGISTRY", "Ref", "build_vit",
                   "default_config", "get_method", "get_spec", "list_methods", "options_json", "register", "setting_id",
                   *(spec.cls.__name__ for spec in REGISTRY.values())})

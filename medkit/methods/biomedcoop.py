@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from medkit.backbones import BackboneAdapter
 from medkit.config import TrainConfig
-from medkit.methods import Budget, GridEntry, Ref, register
+from medkit.methods import OPTIMISER_SPACE, Budget, FloatRange, GridEntry, Ref, register
 from medkit.methods.coop import CoOp
 
 PRUNING_RULES = ("mad", "zscore", "none")
@@ -143,7 +143,9 @@ def kdsp_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tor
           # only by SCCM + KDSP (batch 32 gave BiomedCoOp uneven half-batches and put it below CoOp)
           budgets={"tiny": Budget(train=dict(batch_size=128, lr=0.02,
                                              optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))},
-          grid=(GridEntry("BiomedCoOp", {"ensembles": Ref("descriptions")}),))
+          grid=(GridEntry("BiomedCoOp", {"ensembles": Ref("descriptions")}),),
+          search_space={**OPTIMISER_SPACE, "lambda_sccm": FloatRange(0.25, 20.0, log=True),
+                        "lambda_kdsp": FloatRange(0.25, 20.0, log=True), "tau": FloatRange(1.0, 3.0)})
 class BiomedCoOp(CoOp):
     uses_cached_features = True
 

@@ -33,7 +33,7 @@ from torch import nn
 from medkit.backbones import BackboneAdapter
 from medkit.backbones.adapter import replace_positions
 from medkit.config import TrainConfig
-from medkit.methods import Budget, GridEntry, Ref, register
+from medkit.methods import OPTIMISER_SPACE, Budget, Choice, FloatRange, GridEntry, Ref, register
 from medkit.methods.base import FrozenBackboneMethod
 from medkit.methods.context import phrase_embeddings, prompt_layout
 from medkit.methods.deep import prompt_stack, resolve_depth
@@ -63,7 +63,8 @@ def default_length(n_layers: int) -> int:
                    "tiny": Budget(train=dict(batch_size=4, lr=0.01,
                                              optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False), steps=4,
                                   eval_images={"few_shot": 30}, shots=(1, 4, 16))},
-          grid=(GridEntry("CILMP", {"knowledge": Ref("knowledge")}),), example={"text_depth": 1})
+          grid=(GridEntry("CILMP", {"knowledge": Ref("knowledge")}),), example={"text_depth": 1},
+          search_space={**OPTIMISER_SPACE, "rank": Choice((2, 4, 8, 16)), "dropout": FloatRange(0.0, 0.3)})
 class CILMP(FrozenBackboneMethod):
     def __init__(self, adapter: BackboneAdapter, classnames: list[str], knowledge, n_ctx: int = 4,
                  ctx_init: str | None = "a photo of a", prefix: int | None = None, suffix: int | None = None, rank: int = DEFAULT_RANK,

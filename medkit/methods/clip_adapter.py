@@ -25,7 +25,7 @@ from torch import nn
 
 from medkit.backbones import BackboneAdapter
 from medkit.config import TrainConfig
-from medkit.methods import Budget, GridEntry, register
+from medkit.methods import OPTIMISER_SPACE, Budget, Choice, FloatRange, GridEntry, register
 from medkit.methods.base import FrozenBackboneMethod
 from medkit.methods.zeroshot import class_text_features
 from medkit.prompts import CLIP_DEFAULT_TEMPLATE, ensemble_from_templates
@@ -57,7 +57,8 @@ class Adapter(nn.Sequential):
 @register("clip_adapter", kind="adapter", training=TrainConfig(epochs=20, batch_size=32, lr=0.01),
           budgets={"tiny": Budget(train=dict(batch_size=32, lr=0.01,
                                              optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))},
-          grid=(GridEntry("CLIP-Adapter"),))
+          grid=(GridEntry("CLIP-Adapter"),),
+          search_space={**OPTIMISER_SPACE, "ratio": FloatRange(0.05, 0.95), "reduction": Choice((2, 4, 8))})
 class CLIPAdapter(FrozenBackboneMethod):
     uses_cached_features = True
 

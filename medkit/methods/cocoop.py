@@ -15,7 +15,7 @@ from torch import nn
 
 from medkit.backbones import BackboneAdapter
 from medkit.config import TrainConfig
-from medkit.methods import Budget, GridEntry, register
+from medkit.methods import CONTEXT_CHOICE, OPTIMISER_SPACE, Budget, GridEntry, register
 from medkit.methods.base import FrozenBackboneMethod
 from medkit.methods.context import PromptContext
 
@@ -33,7 +33,8 @@ class MetaNet(nn.Sequential):
                    "tiny": Budget(train=dict(epochs=2, batch_size=4, max_steps_per_epoch=6, lr=0.01,
                                              optimizer="adamw", weight_decay=0.0, warmup_epochs=0,
                                              validate=False), steps=4, eval_images={"full": 90, "few_shot": 30})},
-          grid=(GridEntry("CoCoOp", {"n_ctx": None, "ctx_init": "a photo of a"}),))
+          grid=(GridEntry("CoCoOp", {"n_ctx": None, "ctx_init": "a photo of a"}),),
+          search_space={**OPTIMISER_SPACE, "context": CONTEXT_CHOICE})
 class CoCoOp(FrozenBackboneMethod):
     uses_cached_features = True
 

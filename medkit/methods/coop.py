@@ -19,7 +19,7 @@ import torch
 
 from medkit.backbones import BackboneAdapter
 from medkit.config import TrainConfig
-from medkit.methods import Budget, GridEntry, register
+from medkit.methods import CONTEXT_CHOICE, OPTIMISER_SPACE, Budget, GridEntry, register
 from medkit.methods.base import FrozenBackboneMethod
 from medkit.methods.context import PromptContext
 
@@ -28,8 +28,10 @@ from medkit.methods.context import PromptContext
 # classes): few epochs, AdamW at a larger lr than the reference's SGD (50–200 epochs), big batches
 @register("coop", kind="prompt", training=TrainConfig(epochs=50, batch_size=32, lr=0.002),
           budgets={"tiny": Budget(train=dict(epochs=3, batch_size=128, lr=0.02,
-                                             optimizer="adamw", weight_decay=0.0, warmup_epochs=0))},
-          grid=(GridEntry("CoOp", {"n_ctx": None, "ctx_init": "a photo of a"}),))
+                                             optimizer="adamw", weight_decay=0.0, warmup_epochs=0)),
+                   "full": Budget(epochs_by_shots={1: 50, 2: 100, 4: 100, 8: 200, 16: 200})},
+          grid=(GridEntry("CoOp", {"n_ctx": None, "ctx_init": "a photo of a"}),),
+          search_space={**OPTIMISER_SPACE, "context": CONTEXT_CHOICE})
 class CoOp(FrozenBackboneMethod):
     uses_cached_features = True
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from medkit.backbones import BackboneAdapter
 from medkit.config import TrainConfig
-from medkit.methods import Budget, GridEntry, register
+from medkit.methods import CONTEXT_CHOICE, OPTIMISER_SPACE, Budget, FloatRange, GridEntry, register
 from medkit.methods.clip_adapter import zero_shot_weights
 from medkit.methods.coop import CoOp
 from medkit.prompts import CLIP_DEFAULT_TEMPLATE
@@ -31,7 +31,8 @@ from medkit.prompts import CLIP_DEFAULT_TEMPLATE
 @register("kgcoop", kind="prompt", training=TrainConfig(epochs=50, batch_size=32, lr=0.002),
           budgets={"tiny": Budget(train=dict(batch_size=32, lr=0.02,
                                              optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))},
-          grid=(GridEntry("KgCoOp"),))
+          grid=(GridEntry("KgCoOp"),),
+          search_space={**OPTIMISER_SPACE, "context": CONTEXT_CHOICE, "weight": FloatRange(0.5, 20.0, log=True)})
 class KgCoOp(CoOp):
     uses_cached_features = True
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from medkit.backbones import BackboneAdapter
 from medkit.config import TrainConfig
-from medkit.methods import Budget, register
+from medkit.methods import OPTIMISER_SPACE, Budget, Choice, IntRange, register
 from medkit.methods.base import FrozenBackboneMethod
 from medkit.methods.context import PromptContext
 from medkit.methods.deep import prompt_stack, resolve_depth
@@ -51,7 +51,8 @@ def coupling_layers(depth: int, text_width: int, vision_width: int, independent:
 @register("maple", kind="deep_prompt", training=TrainConfig(epochs=5, batch_size=4, lr=0.0035),
           budgets={"tiny": Budget(train=dict(epochs=2, batch_size=32, max_steps_per_epoch=6, lr=0.01, optimizer="adamw",
                                              weight_decay=0.0, warmup_epochs=0, validate=False))},
-          example={"depth": 1})
+          example={"depth": 1},
+          search_space={**OPTIMISER_SPACE, "depth": IntRange(1, "layers"), "n_ctx": Choice((2, 4, 8))})
 class MaPLe(FrozenBackboneMethod):
     uses_cached_features = False
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from medkit.backbones import BackboneAdapter
 from medkit.config import TrainConfig
-from medkit.methods import Budget, GridEntry, register
+from medkit.methods import OPTIMISER_SPACE, Budget, FloatRange, GridEntry, register
 from medkit.methods.clip_adapter import zero_shot_weights
 from medkit.methods.coop import CoOp
 from medkit.prompts import CLIP_DEFAULT_TEMPLATE
@@ -47,7 +47,8 @@ def project_conflicting(grad: torch.Tensor, general: torch.Tensor, strength: flo
 @register("prograd", kind="prompt", training=TrainConfig(epochs=50, batch_size=32, lr=0.002),
           budgets={"tiny": Budget(train=dict(batch_size=32, lr=0.02, optimizer="adamw", weight_decay=0.0,
                                              warmup_epochs=0, validate=False))},
-          grid=(GridEntry("ProGrad"),))
+          grid=(GridEntry("ProGrad"),),
+          search_space={**OPTIMISER_SPACE, "strength": FloatRange(0.0, 1.0)})
 class ProGrad(CoOp):
     uses_cached_features = True
 

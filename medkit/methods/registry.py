@@ -45,12 +45,14 @@ class Budget:
     few-shot run (None: the profile's default); `eval_images`: images evaluated per split
     by protocol family (`"full"`: spread over classes, `"few_shot"`: spread over the split)
     for methods whose evaluation costs a text pass per image; `shots`: the K of the
-    few-shot grid this method runs at (None: every K)."""
+    few-shot grid this method runs at (None: every K); `epochs_by_shots`: few-shot epochs per
+    K where the reference varies them (CoOp: 50 at K=1, 100 at 2–4, 200 at 8–16)."""
 
     train: Mapping[str, Any] = field(default_factory=dict)
     steps: int | None = None
     eval_images: Mapping[str, int] = field(default_factory=dict)
     shots: tuple[int, ...] | None = None
+    epochs_by_shots: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,47 @@ class GridEntry:
 
     variant: str
     options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    """A real hyperparameter in [low, high] (log-uniform with `log`)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """An integer hyperparameter in [low, high]; `high="layers"`: the backbone's prompt depth
+    (the shallower of its two towers), so one space serves ViT-B/16 and MiniCLIP."""
+
+    low: int
+    high: int | str
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of `values`. A mapping {label: {name: value, …}} chooses a bundle of options by
+    its label (CoOp's context: the init phrase, or random vectors of a length), since some
+    options only make sense together."""
+
+    values: tuple | Mapping[str, Mapping[str, Any]]
+
+
+#: a search space: hyperparameter → range; a name that is a TrainConfig field is a training
+#: override, any other an option of the method (a bundle `Choice` may hold either)
+SearchSpace = Mapping[str, "FloatRange | IntRange | Choice"]
+
+#: the optimiser's part of every trained method's space: lr spans the references' SGD rates
+#: (0.002–0.0035) and the CPU profiles' AdamW ones (0.01–0.02); weight decay as the VLSM poster's
+OPTIMISER_SPACE: SearchSpace = {"lr": FloatRange(1e-4, 1e-1, log=True), "weight_decay": FloatRange(1e-6, 1e-2, log=True)}
+#: context bundles for CoOp-style learners: the init phrase (its 4 words), or random vectors of
+#: CoOp's ablated lengths (4, 8, 16)
+CONTEXT_CHOICE = Choice({"text init": {"n_ctx": None, "ctx_init": "a photo of a"},
+                         **{f"random {n}": {"n_ctx": n, "ctx_init": None} for n in (4, 8, 16)}})
 
 
 @dataclass(frozen=True)
@@ -73,6 +116,7 @@ class MethodSpec:
     example: Mapping[str, Any]
     novel_classes: bool
     defaults_by: str | None
+    search_space: SearchSpace = field(default_factory=dict)
 
     # ------------------------------------------------------------------ options
     def make_options(self, **values: Any) -> Any:

@@ -26,7 +26,7 @@ from torch import nn
 
 from medkit.backbones import BackboneAdapter
 from medkit.config import TrainConfig
-from medkit.methods import Budget, GridEntry, register
+from medkit.methods import OPTIMISER_SPACE, Budget, GridEntry, register
 from medkit.methods.base import FrozenBackboneMethod
 from medkit.methods.clip_adapter import zero_shot_weights
 from medkit.prompts import CLIP_DEFAULT_TEMPLATE
@@ -141,7 +141,8 @@ class TipAdapter(FrozenBackboneMethod):
           training=TrainConfig(epochs=20, batch_size=256, optimizer="adamw", lr=1e-3, weight_decay=0.01, warmup_epochs=0),
           budgets={"tiny": Budget(train=dict(batch_size=32, lr=0.01,
                                              optimizer="adamw", weight_decay=0.0, warmup_epochs=0, validate=False))},
-          grid=(GridEntry("Tip-Adapter-F"),), novel_classes=False)
+          grid=(GridEntry("Tip-Adapter-F"),), novel_classes=False,
+          search_space=OPTIMISER_SPACE)  # alpha and beta: searched on validation by `finish`, as in the reference
 class TipAdapterF(TipAdapter):
     """Tip-Adapter with the cache keys trained by the generic loop (only they train)."""
 

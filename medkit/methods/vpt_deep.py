@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from medkit.backbones import BackboneAdapter
 from medkit.config import TrainConfig
-from medkit.methods import Budget, register
+from medkit.methods import OPTIMISER_SPACE, Budget, Choice, IntRange, register
 from medkit.methods.base import FrozenBackboneMethod
 from medkit.methods.deep import prompt_stack, resolve_depth
 from medkit.prompts import fill
@@ -18,7 +18,8 @@ from medkit.prompts import fill
 @register("vpt_deep", kind="deep_prompt", training=TrainConfig(epochs=5, batch_size=4, lr=0.0025),
           budgets={"tiny": Budget(train=dict(epochs=2, batch_size=32, max_steps_per_epoch=6, lr=0.01, optimizer="adamw",
                                              weight_decay=0.0, warmup_epochs=0, validate=False))},
-          example={"depth": 1})
+          example={"depth": 1},
+          search_space={**OPTIMISER_SPACE, "depth": IntRange(1, "layers"), "n_ctx": Choice((2, 4, 8))})
 class VPTDeep(FrozenBackboneMethod):
     uses_cached_features = False
 

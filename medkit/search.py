@@ -1,0 +1,355 @@
+"""Hyperparameter search with Optuna: `search(...)` and `python -m medkit search`.
+
+One study tunes one registered method on one dataset's K-shot draw (one seed) on the backbone
+and profile given:
+
+- the space is the method's registry entry (`search_space`, the references' ranges), which a
+  small YAML / JSON file can override (`load_space`): `{name: {low, high, log} | {choices} |
+  null}` (null drops a parameter);
+- TPE (multivariate, 10 start-up trials) and median pruning on the validation accuracy of
+  every epoch; the objective is the validation accuracy after training (the K-shot draw's
+  validation images), never the test split;
+- storage: SQLite under `outputs/search/` by default, so the same command run again resumes
+  the study; any SQLAlchemy URL (`postgresql://…`, `mysql://…`), or `journal:PATH` for
+  Optuna's JournalStorage file on a shared filesystem without a database;
+- `workers=N` starts N processes on the one study (`python -m medkit search … --worker`),
+  one GPU each where there are GPUs. Together they run exactly the requested number of
+  trials: a worker claims a trial only while fewer than that are finished or running, a
+  trial asked for beyond it is closed unrun (state FAIL, user attribute `surplus`), and a
+  trial whose worker died (a dead process on this host, or on an RDB a missed heartbeat) is
+  failed and its parameters enqueued again, so a rerun completes the study;
+- the end: the best trial's configuration and the default one are trained again on each of
+  `seeds` (same K-shot draws for both) and their test rows go to results.csv, the variant
+  naming the study; `summary.json` holds both configurations' validation and test accuracy
+  per seed, and the figures are the optimisation history, the parameter importances, a
+  parallel-coordinate plot and best vs default.
+
+Everything of a study sits in `outputs/search/<study>/` (its run folder is pinned there).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from medkit.config import TrainConfig
+from medkit.experiment import Experiment, Setting
+from medkit.grids import few_shot_grid
+from medkit.methods import Choice, FloatRange, IntRange, SearchSpace, get_spec
+from medkit.runs import Run, json_safe, pinned_run, sanitise
+from medkit.selection import EvalPart
+from medkit.studies import (FINISHED, SearchError, claimed, quiet, make_storage, open_study, release_stale,
+                            start_workers, trial_states, wait_for_workers, work)
+from medkit.train import seed_everything
+
+TRAIN_FIELDS = frozenset(TrainConfig.__dataclass_fields__)
+
+
+# --------------------------------------------------------------------------- the space
+
+
+def _range_from(name: str, spec: Any, path: str) -> FloatRange | IntRange | Choice:
+    if isinstance(spec, Mapping) and "choices" in spec:
+        choices = spec["choices"]
+        return Choice(dict(choices) if isinstance(choices, Mapping) else tuple(choices))
+    if isinstance(spec, Mapping) and {"low", "high"} <= set(spec):
+        low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
+        if isinstance(low, int) and isinstance(high, int) and not isinstance(low, bool):
+            return IntRange(low, high, log)
+        if not (isinstance(low, (int, float)) and isinstance(high, (int, float))) or low >= high:
+            raise SearchError(f"{path}: {name}: low must be a number below high, got low={low!r}, high={high!r}")
+        return FloatRange(float(low), float(high), log)
+    raise SearchError(f"{path}: {name}: give {{low, high[, log]}} or {{choices: [...]}} (or null to drop it), "
+                      f"got {spec!r}")
+
+
+def load_space(method: str, path: str | Path | None = None) -> dict[str, FloatRange | IntRange | Choice]:
+    """The method's registered space, with a YAML / JSON file's overrides applied."""
+    space = dict(get_spec(method).search_space)
+    if path is None:
+        return space
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        given = json.loads(text)
+    else:
+        import yaml
+
+        given = yaml.safe_load(text)
+    if not isinstance(given, Mapping):
+        raise SearchError(f"{path}: a search space file maps parameter names to ranges, got {type(given).__name__}")
+    options = {f for f in get_spec(method).options.__dataclass_fields__}
+    for name, spec in given.items():
+        if spec is None:
+            space.pop(name, None)
+            continue
+        if name not in TRAIN_FIELDS and name not in options and not (
+                isinstance(spec, Mapping) and isinstance(spec.get("choices"), Mapping)):
+            raise SearchError(f"{path}: {name!r} is neither a training field nor an option of {method} "
+                              f"(options: {sorted(options)})")
+        space[name] = _range_from(name, spec, str(path))
+    return space
+
+
+def space_json(space: SearchSpace) -> dict:
+    """The space as plain data (stored with the study: a resumed study must search the same)."""
+    out = {}
+    for name, r in space.items():
+        if isinstance(r, Choice):
+            out[name] = {"choices": dict(r.values) if isinstance(r.values, Mapping) else list(r.values)}
+        else:
+            out[name] = {"low": r.low, "high": r.high, "log": r.log}
+    return json_safe(out)
+
+
+def prompt_layers(adapter) -> int:
+    """How many layers a deep prompt can take on this backbone (the shallower tower)."""
+    return min(int(getattr(adapter, "text_depth", 12)), int(getattr(adapter, "vision_depth", 12)))
+
+
+def suggest(trial, space: SearchSpace, adapter=None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(method options, training overrides) of one trial."""
+    values: dict[str, Any] = {}
+    for name, r in space.items():
+        if isinstance(r, FloatRange):
+            values[name] = trial.suggest_float(name, r.low, r.high, log=r.log)
+        elif isinstance(r, IntRange):
+            high = prompt_layers(adapter) if r.high == "layers" else int(r.high)
+            values[name] = trial.suggest_int(name, r.low, max(r.low, high), log=r.log)
+        elif isinstance(r.values, Mapping):  # a bundle of options chosen by its label
+            values.update(r.values[trial.suggest_categorical(name, list(r.values))])
+        else:
+            values[name] = trial.suggest_categorical(name, list(r.values))
+    return split_values(values)
+
+
+def split_values(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    train = {k: v for k, v in values.items() if k in TRAIN_FIELDS}
+    return {k: v for k, v in values.items() if k not in TRAIN_FIELDS}, train
+
+
+def configuration(params: Mapping[str, Any], space: SearchSpace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(options, training overrides) of a finished trial's parameters (bundles unfolded)."""
+    values: dict[str, Any] = {}
+    for name, value in params.items():
+        r = space.get(name)
+        if isinstance(r, Choice) and isinstance(r.values, Mapping):
+            values.update(r.values[value])
+        else:
+            values[name] = value
+    return split_values(values)
+
+
+# --------------------------------------------------------------------------- the objective
+
+
+def default_setting(method: str, profile=None) -> Setting:
+    """The method's few-shot grid entry (its first), or its defaults."""
+    for s in few_shot_grid(profile):
+        if s.method == method:
+            return s
+    return Setting(method, method)
+
+
+def validation_score(exp: Experiment, method, setting: Setting, sel) -> float:
+    part = EvalPart("val", "all", sel.labels, sel.val)
+    scored, *_ = exp.evaluate(method, setting, sel, part)
+    return float(scored[0][1][exp.task.primary])
+
+
+class Objective:
+    """Validation accuracy of the method trained with a trial's configuration on one K-shot
+    draw; every epoch's validation accuracy is reported to the pruner."""
+
+    def __init__(self, exp: Experiment, base: Setting, space: SearchSpace, shots: int, seed: int) -> None:
+        self.exp, self.base, self.space, self.seed = exp, base, space, seed
+        self.sel = exp.few_shot_selection(shots, seed)
+
+    def setting(self, options: Mapping[str, Any], train: Mapping[str, Any], variant: str) -> Setting:
+        return Setting(self.base.method, variant, {**self.base.options, **options}, {**self.base.train, **train})
+
+    def __call__(self, trial) -> float:
+        import optuna
+
+        options, train = suggest(trial, self.space, self.exp.adapter)
+        setting = self.setting(options, train, f"trial {trial.number}")
+
+        def report(row: dict, _method) -> None:
+            if not np.isnan(row["val_acc"]):
+                trial.report(float(row["val_acc"]), int(row["epoch"]))
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"epoch {row['epoch']}: val acc {row['val_acc']:.3f} below the median")
+
+        seed_everything(self.seed)
+        method = self.exp.build(setting, self.sel.labels.classnames, self.seed)
+        self.exp.train(method, setting, self.seed, self.sel, callbacks=[report])
+        return validation_score(self.exp, method, setting, self.sel)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass
+class SearchResult:
+    study: Any
+    folder: Path
+    run: Run | None
+    summary: dict
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def study_name(method: str, dataset_id: str, shots: int, backbone: str, profile: str) -> str:
+    return sanitise(f"{method}_{dataset_id}_K{shots}_{backbone}_{profile}")
+
+
+def figures(study, summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Optimisation history, parameter importances, parallel coordinates, best vs default."""
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    import warnings
+
+    out = {}
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Target and region quantiles", category=UserWarning)  # few trials
+        out["history"] = ovm.plot_optimization_history(study, target_name="val acc").figure
+        if len(done) >= 2 and len({k for t in done for k in t.params}) >= 1:
+            try:
+                out["importances"] = ovm.plot_param_importances(study, target_name="val acc").figure
+            except (RuntimeError, ValueError):  # every trial alike: nothing to attribute
+                pass
+            out["parallel"] = ovm.plot_parallel_coordinate(study, target_name="val acc").figure
+    for fig in out.values():
+        fig.set_size_inches(8, 4.5)
+        fig.tight_layout()
+    if summary:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        labels = ["default", "best"]
+        for j, split in enumerate(("val", "test")):
+            means = [np.mean(summary[c][split]) for c in labels]
+            stds = [np.std(summary[c][split]) for c in labels]
+            ax.bar(np.arange(2) + (j - 0.5) * 0.38, means, 0.38, yerr=stds, capsize=4, label=split)
+        ax.set_xticks(range(2), ["default configuration", "best trial's"])
+        ax.set_ylabel("accuracy (mean ± std over seeds)")
+        ax.set_title(f"{study.study_name}: {len(summary['seeds'])} seeds", fontsize=9)
+        ax.legend()
+        fig.tight_layout()
+        out["best_vs_default"] = fig
+    return out
+
+
+def retrain(exp: Experiment, objective: Objective, best_params: Mapping[str, Any], shots: int,
+            seeds: Sequence[int], study: str) -> dict:
+    """The default and the best trial's configuration on each seed: test rows to results.csv
+    (variants `<variant> · default` and `<variant> · tuned (<study>)`), val and test per seed."""
+    base = objective.base
+    options, train = configuration(best_params, objective.space)
+    default = Setting(base.method, f"{base.variant} · default", dict(base.options), dict(base.train))
+    best = objective.setting(options, train, f"{base.variant} · tuned ({study})")
+    out: dict[str, Any] = {"seeds": list(seeds), "shots": shots, "best_options": json_safe(options),
+                           "best_train": json_safe(train)}
+    for name, setting in (("default", default), ("best", best)):
+        val, test = [], []
+        for seed in seeds:
+            sel = exp.few_shot_selection(shots, seed)
+            outcome = exp.run_one(setting, seed, sel)
+            test.append(float(outcome.row[exp.task.primary]))
+            val.append(validation_score(exp, outcome.method, setting, sel))
+        out[name] = {"setting": setting.id, "variant": setting.variant, "val": val, "test": test}
+    return out
+
+
+def search(method: str, data: str, backbone: str = "", profile: str = "tiny", shots: int = 16, seed: int = 1,
+           seeds: Sequence[int] = (1, 2, 3), trials: int = 12, workers: int = 1, storage: str = "",
+           study: str = "", space_file: str | None = None, outputs_root: str | Path = "outputs",
+           data_root: str | Path = "data", device: str = "", worker: int | None = None, argv: Sequence[str] = (),
+           progress: bool = True, log: Callable[[str], None] = print) -> SearchResult:
+    """Run (or resume) the study, then train best and default on `seeds`; see the module
+    docstring. `worker=i`: only this process's share of the trials (what `--workers` starts)."""
+    import optuna
+
+    from medkit.backbones import load_backbone
+    from medkit.data import load_dataset
+    from medkit.features import FeatureCache
+    from medkit.profiles import get_profile
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    prof = get_profile(profile, backbone=backbone, device=device)
+    outputs_root, data_root = Path(outputs_root), Path(data_root)
+    space = load_space(method, space_file)
+    if not space:
+        raise SearchError(f"{method} has no hyperparameters to search (its registry entry declares no search_space"
+                          f"{'' if get_spec(method).cls.trains_by_gradient else '; it fits in closed form'}); "
+                          "give --space FILE")
+    dataset = load_dataset(data, "xray", prof.world, data_root, progress=progress and worker is None)
+    if dataset.splits["train"].multilabel:
+        raise SearchError(f"{data}: multi-label; the search runs single-label few-shot methods")
+    adapter = load_backbone(prof.backbone, device=prof.device, data_root=data_root, progress=False)
+    name = study or study_name(method, dataset.id, shots, adapter.name, prof.name)
+    folder = outputs_root / "search" / name
+    store = make_storage(storage, outputs_root / "search" / f"{name}.db")
+    attrs = {"method": method, "dataset": dataset.id, "shots": shots, "seed": seed, "backbone": adapter.name,
+             "profile": prof.name, "space": space_json(space)}
+    base = default_setting(method, prof)
+    exp = Experiment(None, dataset, adapter, prof, FeatureCache.at(data_root / "cache"), data_root=str(data_root),
+                     log=lambda _: None)
+    if worker is None and workers > 1:
+        study_obj = open_study(name, store, attrs)  # made once, before the workers load it
+        with quiet():
+            release_stale(study_obj, store)
+        if claimed(study_obj) < trials:
+            wait_for_workers(start_workers(argv, workers, folder), study_obj, trials, progress)
+    else:
+        study_obj = open_study(name, store, attrs, seed=worker or 0)
+        objective = Objective(exp, base, space, shots, seed)
+        if worker is not None:  # one of --workers: its log file is its progress
+            work(study_obj, store, objective, trials, log=lambda m: print(m, flush=True))
+            return SearchResult(study_obj, folder, None, {})
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=trials, desc=f"search {name}", unit="trial", disable=not progress,
+                   initial=min(trials, sum(trial_states(study_obj).get(s, 0) for s in FINISHED)))
+
+        def step(message: str) -> None:
+            bar.n = min(trials, sum(trial_states(study_obj).get(s, 0) for s in FINISHED))
+            bar.set_postfix_str(message[:60])
+            bar.refresh()
+
+        try:
+            work(study_obj, store, objective, trials, log=step)
+        finally:
+            bar.close()
+    counts = trial_states(study_obj)
+    if not counts.get("COMPLETE"):
+        raise SearchError(f"study {name}: no trial completed ({counts})")
+    best_trial = study_obj.best_trial
+    config = {"profile": prof.as_dict(), "data": str(data), "study": name, "storage": storage or "sqlite (default)",
+              "method": method, "shots": shots, "seeds": list(seeds)}
+    run, _ = pinned_run(folder, f"search_{name}", prof.name, config, outputs_root)
+    exp = Experiment(run, dataset, adapter, prof, FeatureCache.at(data_root / "cache"), data_root=str(data_root),
+                     log=log)
+    objective = Objective(exp, base, space, shots, seed)
+    try:
+        summary = retrain(exp, objective, best_trial.params, shots, list(prof.seeds(seeds)), name)
+    except BaseException as e:
+        run.mark("failed", f"{type(e).__name__}: {e}"[:500])
+        raise
+    summary.update({"study": name, "trials": counts, "best_trial": best_trial.number,
+                    "best_params": json_safe(best_trial.params), "best_val_in_search": best_trial.value})
+    figs = figures(study_obj, summary)
+    for key, fig in figs.items():
+        run.save_figure(fig, f"search_{key}")
+    run.save_metrics(summary)
+    (folder / "summary.json").write_text(json.dumps(json_safe(summary), indent=1) + "\n")
+    run.complete()
+    return SearchResult(study_obj, folder, run, summary, figs)
+
+
+__all__ = ["Objective", "SearchError", "SearchResult", "configuration", "figures", "load_space", "make_storage",
+           "open_study", "release_stale", "retrain", "search", "space_json", "study_name", "suggest", "work"]
