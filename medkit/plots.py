@@ -209,6 +209,22 @@ def plot_training_curve(steps: Sequence[float], losses: Sequence[float], title: 
     return fig
 
 
+def plot_step_losses(curves: Mapping[str, Sequence[float]], title: str = "", chance: float | None = None) -> Figure:
+    """Training loss per optimizer step, one line per budget (or run); `chance`: the loss of
+    uniform predictions, ln(classes), the plateau a stuck prompt learner sits on."""
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    for label, losses in curves.items():
+        ax.plot(np.arange(1, len(losses) + 1), to_numpy(losses), linewidth=1.2, label=label)
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"uniform prediction (ln C = {chance:.2f})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def plot_bars(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "") -> Figure:
     """Grouped bar chart; repeated rows (seeds) are averaged with a standard-deviation whisker."""
     n_bars = df[x].nunique() * (df[hue].nunique() if hue else 1)

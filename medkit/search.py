@@ -39,9 +39,10 @@ from medkit.config import TrainConfig
 from medkit.experiment import Experiment, Setting
 from medkit.grids import few_shot_grid
 from medkit.methods import Choice, FloatRange, IntRange, SearchSpace, get_spec
+from medkit.reporting.search import best_vs_default, budget_table, figures, search_findings  # noqa: F401 (re-exported)
 from medkit.runs import Run, json_safe, pinned_run, sanitise
 from medkit.selection import EvalPart
-from medkit.studies import (FINISHED, SearchError, claimed, quiet, make_storage, open_study, release_stale,
+from medkit.studies import (FINISHED, SearchError, claimed, make_storage, open_study, quiet, release_stale,
                             start_workers, trial_states, wait_for_workers, work)
 from medkit.train import seed_everything
 
@@ -205,45 +206,6 @@ def study_name(method: str, dataset_id: str, shots: int, backbone: str, profile:
     return sanitise(f"{method}_{dataset_id}_K{shots}_{backbone}_{profile}")
 
 
-def figures(study, summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Optimisation history, parameter importances, parallel coordinates, best vs default."""
-    import matplotlib.pyplot as plt
-    import optuna
-    from optuna.visualization import matplotlib as ovm
-
-    import warnings
-
-    out = {}
-    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="Target and region quantiles", category=UserWarning)  # few trials
-        out["history"] = ovm.plot_optimization_history(study, target_name="val acc").figure
-        if len(done) >= 2 and len({k for t in done for k in t.params}) >= 1:
-            try:
-                out["importances"] = ovm.plot_param_importances(study, target_name="val acc").figure
-            except (RuntimeError, ValueError):  # every trial alike: nothing to attribute
-                pass
-            out["parallel"] = ovm.plot_parallel_coordinate(study, target_name="val acc").figure
-    for fig in out.values():
-        fig.set_size_inches(8, 4.5)
-        fig.tight_layout()
-    if summary:
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        labels = ["default", "best"]
-        for j, split in enumerate(("val", "test")):
-            means = [np.mean(summary[c][split]) for c in labels]
-            stds = [np.std(summary[c][split]) for c in labels]
-            ax.bar(np.arange(2) + (j - 0.5) * 0.38, means, 0.38, yerr=stds, capsize=4, label=split)
-        ax.set_xticks(range(2), ["default configuration", "best trial's"])
-        ax.set_ylabel("accuracy (mean ± std over seeds)")
-        ax.set_title(f"{study.study_name}: {len(summary['seeds'])} seeds", fontsize=9)
-        ax.legend()
-        fig.tight_layout()
-        out["best_vs_default"] = fig
-    return out
-
-
 def retrain(exp: Experiment, objective: Objective, best_params: Mapping[str, Any], shots: int,
             seeds: Sequence[int], study: str) -> dict:
     """The default and the best trial's configuration on each seed: test rows to results.csv
@@ -265,6 +227,44 @@ def retrain(exp: Experiment, objective: Objective, best_params: Mapping[str, Any
     return out
 
 
+def command_args(method: str, data: str, backbone: str, profile: str, shots: int, seed: int, seeds: Sequence[int],
+                 trials: int, storage: str, study: str, space_file: str | None, outputs_root: str | Path,
+                 data_root: str | Path, device: str) -> list[str]:
+    """`python -m medkit search` arguments of a search (what its worker processes are started with)."""
+    out = ["--method", method, "--dataset", str(data), "--profile", profile, "--shots", str(shots), "--seed", str(seed),
+           "--seeds", *map(str, seeds), "--trials", str(trials), "--outputs", str(outputs_root), "--data-root",
+           str(data_root)]
+    for flag, value in (("--backbone", backbone), ("--storage", storage), ("--study", study),
+                        ("--space", space_file), ("--device", device)):
+        if value:
+            out += [flag, str(value)]
+    return out
+
+
+def step_budget_curves(exp: Experiment, setting: Setting, shots: int, seed: int, budgets: Sequence[int]
+                       ) -> dict[int, tuple[list[float], float, float]]:
+    """Per few-shot step budget: (every step's training loss, validation accuracy, seconds) of
+    `setting` at K = `shots` (where a budget stops on the way down, or on a plateau)."""
+    import time
+    from dataclasses import replace
+
+    out = {}
+    sel = exp.few_shot_selection(shots, seed)
+    profile = exp.profile
+    try:
+        for steps in budgets:
+            exp.profile = replace(profile, few_shot_steps=steps)
+            seed_everything(seed)
+            t = time.time()
+            method = exp.build(setting, sel.labels.classnames, seed)
+            history = exp.train(method, setting, seed, sel)
+            losses = history.attrs["steps"]["loss"].tolist() if history is not None else []
+            out[steps] = (losses, validation_score(exp, method, setting, sel), time.time() - t)
+    finally:
+        exp.profile = profile
+    return out
+
+
 def search(method: str, data: str, backbone: str = "", profile: str = "tiny", shots: int = 16, seed: int = 1,
            seeds: Sequence[int] = (1, 2, 3), trials: int = 12, workers: int = 1, storage: str = "",
            study: str = "", space_file: str | None = None, outputs_root: str | Path = "outputs",
@@ -281,6 +281,8 @@ def search(method: str, data: str, backbone: str = "", profile: str = "tiny", sh
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     prof = get_profile(profile, backbone=backbone, device=device)
+    argv = list(argv) or command_args(method, data, backbone, profile, shots, seed, seeds, trials, storage, study,
+                                      space_file, outputs_root, data_root, device)
     outputs_root, data_root = Path(outputs_root), Path(data_root)
     space = load_space(method, space_file)
     if not space:
@@ -351,5 +353,5 @@ def search(method: str, data: str, backbone: str = "", profile: str = "tiny", sh
     return SearchResult(study_obj, folder, run, summary, figs)
 
 
-__all__ = ["Objective", "SearchError", "SearchResult", "configuration", "figures", "load_space", "make_storage",
+__all__ = ["Objective", "SearchError", "SearchResult", "best_vs_default", "budget_table", "command_args", "search_findings", "configuration", "step_budget_curves", "figures", "load_space", "make_storage",
            "open_study", "release_stale", "retrain", "search", "space_json", "study_name", "suggest", "work"]

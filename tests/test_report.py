@@ -98,6 +98,7 @@ def test_run_folders_give_findings_gallery_and_environment(tmp_path):
     assert list(runs) == ["06_hierarchical", "07_knowledge_fewshot"]  # the running one is not reported
     f = report.findings_tables(runs)
     assert f["06_hierarchical"]["holds (A > B)"].tolist() == ["yes"] and f["07_knowledge_fewshot"]["finding"].tolist() == ["a", "b"]
+    assert f["07_knowledge_fewshot"]["profile"].tolist() == ["tiny", "tiny"]  # which profile decided each finding
     assert [p.stem for p in report.gallery(runs, 1)["06_hierarchical"]] == ["confusion_a"]  # confusion before curves
     env = report.environment(runs)
     assert env["git commit"].tolist() == ["abc123def4"] * 2 and env["torch"].tolist() == ["2.9"] * 2

@@ -127,3 +127,18 @@ def test_the_cli_starts_workers_without_their_own_workers_flag():
     argv = ["search", "--method", "coop", "--workers", "2", "--trials", "4", "--workers=3"]
     assert _worker_argv(argv) == ["--method", "coop", "--trials", "4"]
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_the_budget_table_tells_a_plateau_from_a_curve_still_falling_and_findings_name_both_splits():
+    from medkit.search import best_vs_default, budget_table, search_findings
+
+    table = budget_table({10: ([4.0, 2.5, 2.5, 2.5, 2.5, 2.5, 2.5, 2.5], 0.1, 1.0),
+                          40: ([4.0, 3.0, 2.0, 1.0], 0.4, 2.0)}, profile_steps=10).set_index("steps")
+    assert table.loc[10, "last-quarter drop %"] == 0.0 and table.loc[10, "the profile's budget"]
+    assert table.loc[40, "last-quarter drop %"] == 50.0 and table.loc[40, "val acc"] == 0.4
+    summary = {"study": "s", "seeds": [1, 2], "default": {"variant": "d", "val": [0.1, 0.2], "test": [0.3, 0.3]},
+               "best": {"variant": "b", "val": [0.3, 0.4], "test": [0.2, 0.2]}}
+    lines = search_findings(summary, "tiny")
+    assert "beats the default on val" in lines[0] and "does not beat the default on test" in lines[1]
+    assert "(tiny)" in lines[0]
+    assert best_vs_default(summary)["val acc"].tolist() == ["0.150 ± 0.071", "0.350 ± 0.071"]

@@ -246,7 +246,7 @@ def latest_runs(outputs_root: Path | str) -> dict[str, NotebookRun]:
             continue
         config = json.loads(path.read_text())
         notebook = config.get("_meta", {}).get("notebook") or folder.name.split("_", 1)[-1]
-        if notebook.startswith("compare_"):  # `python -m medkit compare` writes its own report
+        if notebook.startswith(("compare_", "search_", "sweep_", "run_")):  # the commands' own folders, not notebooks
             continue
         metrics_path = folder / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
@@ -256,16 +256,20 @@ def latest_runs(outputs_root: Path | str) -> dict[str, NotebookRun]:
 
 def findings_tables(runs: Mapping[str, NotebookRun]) -> dict[str, pd.DataFrame]:
     """Every notebook's findings, as its run folder recorded them: `findings.csv` (06) or the
-    `findings` entry of `metrics.json` (lines of text, or table records)."""
+    `findings` entry of `metrics.json` (lines of text, or table records), each row saying which
+    profile decided it (a tiny-budget finding is not a full-budget one)."""
     out = {}
     for name, run in runs.items():
         csv = run.path / "findings.csv"
-        if csv.is_file():
-            out[name] = pd.read_csv(csv)
-            continue
         found = run.metrics.get("findings")
-        if found:
-            out[name] = pd.DataFrame(found) if isinstance(found[0], dict) else pd.DataFrame({"finding": found})
+        if csv.is_file():
+            table = pd.read_csv(csv)
+        elif found:
+            table = pd.DataFrame(found) if isinstance(found[0], dict) else pd.DataFrame({"finding": found})
+        else:
+            continue
+        table.insert(0, "profile", (run.config.get("profile") or {}).get("name", ""))
+        out[name] = table
     return out
 
 
