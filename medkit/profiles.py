@@ -34,6 +34,7 @@ class Profile:
     vit_weights: tuple[str, ...] = ("in21k", "clip", "dinov2")  # notebook 01's weight families
     max_trials: int | None = None  # notebook 12: cap on its search's trials (None: as asked)
     max_workers: int | None = None  # notebook 12: cap on its search's worker processes (None: as asked)
+    max_budget_steps: int | None = None  # notebook 12: cap on the step budgets whose loss curves it compares
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -50,7 +51,8 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", backbone="miniclip-smoke", world="smoke", cell_timeout_s=600, tsne_points=150,
                      bootstrap=100, max_seeds=1, max_shots=2, few_shot_steps=2,
                      default_train=dict(epochs=1, batch_size=32, warmup_epochs=0, max_steps_per_epoch=2),
-                     vit_weights=("scratch", "supervised-smoke", "miniclip-smoke"), max_trials=3, max_workers=1),
+                     vit_weights=("scratch", "supervised-smoke", "miniclip-smoke"), max_trials=3, max_workers=1,
+                     max_budget_steps=8),
     # few-shot sets span 12 to 720 images: a fixed step budget, not a fixed epoch count
     "tiny": Profile("tiny", backbone="miniclip", world="tiny", tsne_points=400, few_shot_steps=10,
                     vit_weights=("scratch", "supervised", "miniclip")),  # no hub: no DINOv2 stand-in
