@@ -68,13 +68,14 @@ def test_two_workers_share_a_study_a_killed_one_leaves_it_usable_and_a_rerun_com
                                                                                             smoke_data):
     import optuna
 
+    storage = optuna.storages.RDBStorage(postgres_url)  # one connection pool for all the polling below
     command = _command(postgres_url, tmp_path, smoke_data, "shared", 6, "--workers", "2")
     search = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     victim, deadline = None, time.time() + 300
     while victim is None and time.time() < deadline and search.poll() is None:
-        time.sleep(0.05)
+        time.sleep(0.1)
         try:
-            trials = optuna.load_study(study_name="shared", storage=postgres_url).trials
+            trials = optuna.load_study(study_name="shared", storage=storage).trials
         except KeyError:  # not created yet
             continue
         running = [t for t in trials if t.state.name == "RUNNING" and len(t.params) == 3]  # suggested: training
@@ -86,7 +87,7 @@ def test_two_workers_share_a_study_a_killed_one_leaves_it_usable_and_a_rerun_com
     # the other worker failed the dead one's trial, ran it again and finished the study; the
     # command says a worker died
     assert search.returncode == 1 and "1 search worker(s) failed" in err and "exit -9" in err, err[-2000:]
-    trials = optuna.load_study(study_name="shared", storage=postgres_url).trials
+    trials = optuna.load_study(study_name="shared", storage=storage).trials
     finished = [t.number for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 6
     assert trials[victim.number].state.name == "FAIL" and "died" in trials[victim.number].user_attrs["failed_because"]
@@ -100,4 +101,4 @@ def test_two_workers_share_a_study_a_killed_one_leaves_it_usable_and_a_rerun_com
     again = subprocess.run(command, capture_output=True, text=True, timeout=400)  # the same command: resumes
     assert again.returncode == 0, again.stderr[-3000:]
     assert "✓ search shared" in again.stdout
-    assert len(optuna.load_study(study_name="shared", storage=postgres_url).trials) == len(trials)  # nothing more ran
+    assert len(optuna.load_study(study_name="shared", storage=storage).trials) == len(trials)  # nothing more ran
