@@ -39,6 +39,7 @@ from medkit.config import TrainConfig
 from medkit.experiment import Experiment, Setting
 from medkit.grids import few_shot_grid
 from medkit.methods import Choice, FloatRange, IntRange, SearchSpace, get_spec
+from medkit.paths import read_yaml_or_json
 from medkit.reporting.search import best_vs_default, budget_table, figures, search_findings  # noqa: F401 (re-exported)
 from medkit.runs import Run, json_safe, pinned_run, sanitise
 from medkit.selection import EvalPart
@@ -73,13 +74,7 @@ def load_space(method: str, path: str | Path | None = None) -> dict[str, FloatRa
     if path is None:
         return space
     path = Path(path)
-    text = path.read_text()
-    if path.suffix.lower() == ".json":
-        given = json.loads(text)
-    else:
-        import yaml
-
-        given = yaml.safe_load(text)
+    given = read_yaml_or_json(path)
     if not isinstance(given, Mapping):
         raise SearchError(f"{path}: a search space file maps parameter names to ranges, got {type(given).__name__}")
     options = {f for f in get_spec(method).options.__dataclass_fields__}

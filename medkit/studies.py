@@ -110,13 +110,17 @@ def claimed(study, before: int | None = None) -> int:
 
 
 def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, killed but not yet reaped by its parent, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def release_stale(study, storage) -> list[int]:
@@ -186,19 +190,28 @@ def heartbeat(storage, trial) -> Iterator[None]:
         thread.join()
 
 
-def work(study, storage, objective: Callable, n_trials: int, log: Callable[[str], None] = print) -> list[int]:
-    """One worker's share: trials until `n_trials` are finished or running in the study.
-    Returns the numbers of the trials this worker ran."""
+def work(study, storage, objective: Callable, n_trials: int, log: Callable[[str], None] = print,
+         wait_s: float = 300.0, poll_s: float = 1.0) -> list[int]:
+    """One worker's share: trials until `n_trials` are finished in the study. Once all are
+    claimed it waits (up to `wait_s`) while other workers' trials run, and runs again any whose
+    worker dies. Returns the numbers of the trials this worker ran."""
     import optuna
     from optuna.trial import TrialState
 
     me = f"{socket.gethostname()}:{os.getpid()}"
     ran = []
+    waited = 0.0
     while True:
         with quiet():
             release_stale(study, storage)
             if claimed(study) >= n_trials:
-                return ran
+                # all claimed: stay while others' trials run, since one of them may die and need running again
+                running = [t for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
+                if not running or waited >= wait_s or sum(trial_states(study).get(k, 0) for k in FINISHED) >= n_trials:
+                    return ran
+                time.sleep(poll_s)
+                waited += poll_s
+                continue
             trial = study.ask()
         trial.set_user_attr("worker", me)
         if claimed(study, before=trial.number) >= n_trials:  # another worker took the last one

@@ -36,6 +36,7 @@ from medkit.distributed import visible_gpus
 from medkit.experiment import Experiment, Setting
 from medkit.grids import few_shot_grid
 from medkit.methods import REGISTRY
+from medkit.paths import read_yaml_or_json
 from medkit.runs import RESULTS_FILE, Run, open_run, pinned_run, sanitise
 
 
@@ -226,13 +227,7 @@ def sweep(methods: Sequence[str], datasets: Sequence[str], shots: Sequence[int],
 
 def load_parameter_sets(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
-    text = path.read_text()
-    if path.suffix.lower() == ".json":
-        sets = json.loads(text)
-    else:
-        import yaml
-
-        sets = yaml.safe_load(text)
+    sets = read_yaml_or_json(path)
     if not isinstance(sets, list) or not all(isinstance(s, Mapping) for s in sets):
         raise SweepError(f"{path}: give a list of parameter mappings, one per notebook run")
     return [dict(s) for s in sets]
