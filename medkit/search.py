@@ -211,10 +211,10 @@ def retrain(exp: Experiment, objective: Objective, best_params: Mapping[str, Any
     best = objective.setting(options, train, f"{base.variant} · tuned ({study})")
     out: dict[str, Any] = {"seeds": list(seeds), "shots": shots, "best_options": json_safe(options),
                            "best_train": json_safe(train)}
+    selections = {seed: exp.few_shot_selection(shots, seed) for seed in seeds}  # one draw per seed, for both
     for name, setting in (("default", default), ("best", best)):
         val, test = [], []
-        for seed in seeds:
-            sel = exp.few_shot_selection(shots, seed)
+        for seed, sel in selections.items():
             outcome = exp.run_one(setting, seed, sel)
             test.append(float(outcome.row[exp.task.primary]))
             val.append(validation_score(exp, outcome.method, setting, sel))

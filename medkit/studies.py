@@ -249,8 +249,9 @@ def start_workers(argv: Sequence[str], n: int, folder: Path) -> list[tuple[subpr
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
         log = folder / f"worker_{i}.log"
-        procs.append((subprocess.Popen([sys.executable, "-m", "medkit", "search", *argv, "--worker", str(i)], env=env,
-                                       stdout=open(log, "w"), stderr=subprocess.STDOUT), log))
+        with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+            procs.append((subprocess.Popen([sys.executable, "-m", "medkit", "search", *argv, "--worker", str(i)],
+                                           env=env, stdout=out, stderr=subprocess.STDOUT), log))
     return procs
 
 
