@@ -48,10 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     se = sub.add_parser("search", help="an Optuna study of one method on one dataset's K-shot draw (validation "
                         "only; resumable), then best vs default retrained on the seeds")
     se.add_argument("--method", required=True, help="a registered method (python -c 'import medkit.methods as m; "
-                    "print(m.list_methods())')")
+                    "print(m.list_methods())'), or a segmentation strategy (seg_coop, seg_maple, …: validation Dice)")
     se.add_argument("--dataset", required=True, metavar="DATA", help="a split JSON, CSV manifest, ImageFolder or "
                     "synthetic dataset name")
-    se.add_argument("--backbone", default="")
+    se.add_argument("--backbone", default="", help="for a segmentation strategy: the segmentation model "
+                    "(notebook 10's model parameter)")
     se.add_argument("--profile", default="tiny", choices=PROFILE_CHOICES)
     se.add_argument("--shots", type=int, default=16, metavar="K")
     se.add_argument("--seed", type=int, default=1, help="the seed of the K-shot draw the study tunes on")

@@ -24,6 +24,11 @@ and profile given:
   per seed, and the figures are the optimisation history, the parameter importances, a
   parallel-coordinate plot and best vs default.
 
+A segmentation strategy (`seg_coop`, `seg_maple`, …) is searched the same way on one
+segmentation dataset (`medkit.seg.search`: validation Dice, the VLSM poster's space, the
+strategy's test rows to results.csv); `shots` does not apply to it and `backbone` names the
+segmentation model (notebook 10's `model`).
+
 Everything of a study sits in `outputs/search/<study>/` (its run folder is pinned there).
 """
 from __future__ import annotations
@@ -69,25 +74,38 @@ def _range_from(name: str, spec: Any, path: str) -> FloatRange | IntRange | Choi
 
 
 def load_space(method: str, path: str | Path | None = None) -> dict[str, FloatRange | IntRange | Choice]:
-    """The method's registered space, with a YAML / JSON file's overrides applied."""
-    space = dict(get_spec(method).search_space)
+    """The method's (or segmentation strategy's) registered space, with a YAML / JSON file's
+    overrides applied."""
+    registered, options, fields = _registered(method)
+    space = dict(registered)
     if path is None:
         return space
     path = Path(path)
     given = read_yaml_or_json(path)
     if not isinstance(given, Mapping):
         raise SearchError(f"{path}: a search space file maps parameter names to ranges, got {type(given).__name__}")
-    options = {f for f in get_spec(method).options.__dataclass_fields__}
     for name, spec in given.items():
         if spec is None:
             space.pop(name, None)
             continue
-        if name not in TRAIN_FIELDS and name not in options and not (
+        if name not in fields and name not in options and not (
                 isinstance(spec, Mapping) and isinstance(spec.get("choices"), Mapping)):
             raise SearchError(f"{path}: {name!r} is neither a training field nor an option of {method} "
                               f"(options: {sorted(options)})")
         space[name] = _range_from(name, spec, str(path))
     return space
+
+
+def _registered(method: str) -> tuple[SearchSpace, set[str], frozenset[str]]:
+    """(registered space, option names, training fields) of a method or segmentation strategy."""
+    from medkit.seg.strategies import SEG_STRATEGIES
+    from medkit.seg.train import SegTrainConfig
+
+    if method in SEG_STRATEGIES:
+        spec = SEG_STRATEGIES[method]
+        return spec.search_space, set(spec.options()), frozenset(SegTrainConfig.__dataclass_fields__)
+    spec = get_spec(method)
+    return spec.search_space, set(spec.options.__dataclass_fields__), TRAIN_FIELDS
 
 
 def space_json(space: SearchSpace) -> dict:
@@ -106,8 +124,9 @@ def prompt_layers(adapter) -> int:
     return min(int(getattr(adapter, "text_depth", 12)), int(getattr(adapter, "vision_depth", 12)))
 
 
-def suggest(trial, space: SearchSpace, adapter=None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(method options, training overrides) of one trial."""
+def suggest(trial, space: SearchSpace, adapter=None, train_fields: frozenset[str] = TRAIN_FIELDS
+            ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(method options, training overrides) of one trial (`train_fields`: the config's fields)."""
     values: dict[str, Any] = {}
     for name, r in space.items():
         if isinstance(r, FloatRange):
@@ -119,15 +138,17 @@ def suggest(trial, space: SearchSpace, adapter=None) -> tuple[dict[str, Any], di
             values.update(r.values[trial.suggest_categorical(name, list(r.values))])
         else:
             values[name] = trial.suggest_categorical(name, list(r.values))
-    return split_values(values)
+    return split_values(values, train_fields)
 
 
-def split_values(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    train = {k: v for k, v in values.items() if k in TRAIN_FIELDS}
-    return {k: v for k, v in values.items() if k not in TRAIN_FIELDS}, train
+def split_values(values: Mapping[str, Any], train_fields: frozenset[str] = TRAIN_FIELDS
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    train = {k: v for k, v in values.items() if k in train_fields}
+    return {k: v for k, v in values.items() if k not in train_fields}, train
 
 
-def configuration(params: Mapping[str, Any], space: SearchSpace) -> tuple[dict[str, Any], dict[str, Any]]:
+def configuration(params: Mapping[str, Any], space: SearchSpace, train_fields: frozenset[str] = TRAIN_FIELDS
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(options, training overrides) of a finished trial's parameters (bundles unfolded)."""
     values: dict[str, Any] = {}
     for name, value in params.items():
@@ -136,7 +157,7 @@ def configuration(params: Mapping[str, Any], space: SearchSpace) -> tuple[dict[s
             values.update(r.values[value])
         else:
             values[name] = value
-    return split_values(values)
+    return split_values(values, train_fields)
 
 
 # --------------------------------------------------------------------------- the objective
@@ -260,51 +281,92 @@ def step_budget_curves(exp: Experiment, setting: Setting, shots: int, seed: int,
     return out
 
 
+@dataclass
+class Target:
+    """What a study tunes: its name and recorded attributes, its space, a factory of its
+    objective (built in the process that runs trials) and the retraining of best vs default
+    into a run folder. `metric`: what the objective and the retrained rows report."""
+
+    name: str
+    attrs: dict
+    space: SearchSpace
+    objective: Callable[[], Callable]
+    retrain: Callable[[Run, Mapping[str, Any], Sequence[int], Callable[[str], None]], dict]
+    metric: str = "acc"
+
+
+def few_shot_target(method: str, data: str, prof, space: SearchSpace, shots: int, seed: int, study: str,
+                    data_root: Path, progress: bool) -> Target:
+    """A registered few-shot method on one dataset's K-shot draw (validation accuracy)."""
+    from medkit.backbones import load_backbone
+    from medkit.data import load_dataset
+    from medkit.features import FeatureCache
+
+    dataset = load_dataset(data, "xray", prof.world, data_root, progress=progress)
+    if dataset.splits["train"].multilabel:
+        raise SearchError(f"{data}: multi-label; the search runs single-label few-shot methods")
+    adapter = load_backbone(prof.backbone, device=prof.device, data_root=data_root, progress=False)
+    name = study or study_name(method, dataset.id, shots, adapter.name, prof.name)
+    base = default_setting(method, prof)
+
+    def experiment(run: Run | None, log: Callable[[str], None] = lambda _: None) -> Experiment:
+        return Experiment(run, dataset, adapter, prof, FeatureCache.at(data_root / "cache"),
+                          data_root=str(data_root), log=log)
+
+    def redo(run: Run, params: Mapping[str, Any], seeds: Sequence[int], log: Callable[[str], None]) -> dict:
+        exp = experiment(run, log)
+        return retrain(exp, Objective(exp, base, space, shots, seed), params, shots, seeds, name)
+
+    return Target(name, {"method": method, "dataset": dataset.id, "shots": shots, "seed": seed,
+                         "backbone": adapter.name, "profile": prof.name, "space": space_json(space)},
+                  space, lambda: Objective(experiment(None), base, space, shots, seed), redo)
+
+
 def search(method: str, data: str, backbone: str = "", profile: str = "tiny", shots: int = 16, seed: int = 1,
            seeds: Sequence[int] = (1, 2, 3), trials: int = 12, workers: int = 1, storage: str = "",
            study: str = "", space_file: str | None = None, outputs_root: str | Path = "outputs",
            data_root: str | Path = "data", device: str = "", worker: int | None = None, argv: Sequence[str] = (),
            progress: bool = True, log: Callable[[str], None] = print) -> SearchResult:
     """Run (or resume) the study, then train best and default on `seeds`; see the module
-    docstring. `worker=i`: only this process's share of the trials (what `--workers` starts)."""
+    docstring. `method` is a registered few-shot method or a segmentation strategy
+    (`seg_coop`, …: `medkit.seg.search`; `shots` does not apply, `backbone` is the
+    segmentation model). `worker=i`: only this process's share of the trials (what
+    `--workers` starts)."""
     import optuna
 
-    from medkit.backbones import load_backbone
-    from medkit.data import load_dataset
-    from medkit.features import FeatureCache
     from medkit.profiles import get_profile
+    from medkit.seg.strategies import SEG_STRATEGIES
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    prof = get_profile(profile, backbone=backbone, device=device)
+    segmentation = method in SEG_STRATEGIES
+    prof = get_profile(profile, **({"device": device} if segmentation else {"backbone": backbone, "device": device}))
     argv = list(argv) or command_args(method, data, backbone, profile, shots, seed, seeds, trials, storage, study,
                                       space_file, outputs_root, data_root, device)
     outputs_root, data_root = Path(outputs_root), Path(data_root)
     space = load_space(method, space_file)
     if not space:
+        trains = SEG_STRATEGIES[method].kind != "zeroshot" if segmentation else get_spec(method).cls.trains_by_gradient
         raise SearchError(f"{method} has no hyperparameters to search (its registry entry declares no search_space"
-                          f"{'' if get_spec(method).cls.trains_by_gradient else '; it fits in closed form'}); "
+                          f"{'' if trains else ('; it trains nothing' if segmentation else '; it fits in closed form')}); "
                           "give --space FILE")
-    dataset = load_dataset(data, "xray", prof.world, data_root, progress=progress and worker is None)
-    if dataset.splits["train"].multilabel:
-        raise SearchError(f"{data}: multi-label; the search runs single-label few-shot methods")
-    adapter = load_backbone(prof.backbone, device=prof.device, data_root=data_root, progress=False)
-    name = study or study_name(method, dataset.id, shots, adapter.name, prof.name)
+    if segmentation:
+        from medkit.seg.search import seg_target
+
+        target = seg_target(method, data, prof, space, backbone, seed, study, data_root, progress and worker is None)
+    else:
+        target = few_shot_target(method, data, prof, space, shots, seed, study, data_root, progress and worker is None)
+    name = target.name
     folder = outputs_root / "search" / name
     store = make_storage(storage, outputs_root / "search" / f"{name}.db")
-    attrs = {"method": method, "dataset": dataset.id, "shots": shots, "seed": seed, "backbone": adapter.name,
-             "profile": prof.name, "space": space_json(space)}
-    base = default_setting(method, prof)
-    exp = Experiment(None, dataset, adapter, prof, FeatureCache.at(data_root / "cache"), data_root=str(data_root),
-                     log=lambda _: None)
     if worker is None and workers > 1:
-        study_obj = open_study(name, store, attrs)  # made once, before the workers load it
+        study_obj = open_study(name, store, target.attrs)  # made once, before the workers load it
         with quiet():
             release_stale(study_obj, store)
         if claimed(study_obj) < trials:
             wait_for_workers(start_workers(argv, workers, folder), study_obj, trials, progress)
     else:
-        study_obj = open_study(name, store, attrs, seed=worker or 0)
-        objective = Objective(exp, base, space, shots, seed)
+        study_obj = open_study(name, store, target.attrs, seed=worker or 0)
+        objective = target.objective()
         if worker is not None:  # one of --workers: its log file is its progress
             work(study_obj, store, objective, trials, log=lambda m: print(m, flush=True))
             return SearchResult(study_obj, folder, None, {})
@@ -327,17 +389,14 @@ def search(method: str, data: str, backbone: str = "", profile: str = "tiny", sh
         raise SearchError(f"study {name}: no trial completed ({counts})")
     best_trial = study_obj.best_trial
     config = {"profile": prof.as_dict(), "data": str(data), "study": name, "storage": storage or "sqlite (default)",
-              "method": method, "shots": shots, "seeds": list(seeds)}
+              "method": method, "shots": target.attrs.get("shots"), "seeds": list(seeds)}
     run, _ = pinned_run(folder, f"search_{name}", prof.name, config, outputs_root)
-    exp = Experiment(run, dataset, adapter, prof, FeatureCache.at(data_root / "cache"), data_root=str(data_root),
-                     log=log)
-    objective = Objective(exp, base, space, shots, seed)
     try:
-        summary = retrain(exp, objective, best_trial.params, shots, list(prof.seeds(seeds)), name)
+        summary = target.retrain(run, best_trial.params, list(prof.seeds(seeds)), log)
     except BaseException as e:
         run.mark("failed", f"{type(e).__name__}: {e}"[:500])
         raise
-    summary.update({"study": name, "trials": counts, "best_trial": best_trial.number,
+    summary.update({"study": name, "trials": counts, "best_trial": best_trial.number, "metric": target.metric,
                     "best_params": json_safe(best_trial.params), "best_val_in_search": best_trial.value})
     figs = figures(study_obj, summary)
     for key, fig in figs.items():
@@ -348,5 +407,5 @@ def search(method: str, data: str, backbone: str = "", profile: str = "tiny", sh
     return SearchResult(study_obj, folder, run, summary, figs)
 
 
-__all__ = ["Objective", "SearchError", "SearchResult", "best_vs_default", "budget_table", "command_args", "search_findings", "configuration", "step_budget_curves", "figures", "load_space", "make_storage",
+__all__ = ["Objective", "Target", "few_shot_target", "SearchError", "SearchResult", "best_vs_default", "budget_table", "command_args", "search_findings", "configuration", "step_budget_curves", "figures", "load_space", "make_storage",
            "open_study", "release_stale", "retrain", "search", "space_json", "study_name", "suggest", "work"]

@@ -234,7 +234,7 @@ def work(study, storage, objective: Callable, n_trials: int, log: Callable[[str]
                 raise
             else:
                 study.tell(trial, value)
-                log(f"trial {trial.number}: val acc {value:.4f} {trial.params}")
+                log(f"trial {trial.number}: validation {value:.4f} {trial.params}")
         ran.append(trial.number)
 
 

@@ -142,3 +142,49 @@ def test_the_budget_table_tells_a_plateau_from_a_curve_still_falling_and_finding
     assert "beats the default on val" in lines[0] and "does not beat the default on test" in lines[1]
     assert "(tiny)" in lines[0]
     assert best_vs_default(summary)["val acc"].tolist() == ["0.150 ± 0.071", "0.350 ± 0.071"]
+
+
+def test_a_segmentation_strategy_is_searched_on_validation_dice_and_resumes(tmp_path, smoke_data, monkeypatch):
+    import medkit.seg.train as seg_train
+    from medkit.seg.search import fit_space
+    from medkit.seg.strategies import SEG_STRATEGIES
+
+    space = SEG_STRATEGIES["seg_shared_attn"].search_space
+    assert space["lr"].log and space["weight_decay"] == FloatRange(1e-5, 1e-2, True) and space["depth"].high == "layers"
+    clipseg_widths = type("T", (), {"text_width": 512, "vision_width": 768})()
+    assert fit_space(space, clipseg_widths)["heads"] == Choice((16, 20, 32))  # the poster's heads all divide 1280
+    assert fit_space(space, type("T", (), {"text_width": 32, "vision_width": 48})())["heads"] == Choice((16, 20))
+    assert "heads" not in fit_space(space, type("T", (), {"text_width": 30, "vision_width": 41})())
+    assert not SEG_STRATEGIES["seg_zeroshot"].search_space
+
+    seen: list[str] = []
+    predict = seg_train.predict_masks
+
+    def spy(strategy, data, *args, **kwargs):
+        seen.append(data.name)
+        return predict(strategy, data, *args, **kwargs)
+
+    monkeypatch.setattr(seg_train, "predict_masks", spy)  # what fit_seg (the study's trials) evaluates
+    outputs = tmp_path / "outputs"
+    kw = dict(profile="smoke", seeds=[1], outputs_root=outputs, data_root=smoke_data, progress=False, log=lambda _: None)
+    first = search("seg_vpt_deep", "synth_skin", trials=3, **kw)
+    assert seen and set(seen) == {"synth_skin:val"}  # a trial scores validation masks only
+    assert first.summary["trials"] == {"COMPLETE": 3} and first.summary["metric"] == "dice"
+    assert first.study.user_attrs["method"] == "seg_vpt_deep" and first.study.user_attrs["shots"] is None
+    from medkit.search import prompt_layers
+    from medkit.seg.load import load_seg_model
+
+    layers = prompt_layers(load_seg_model("", data_root=smoke_data, progress=False, default="miniclip-smoke").adapter)
+    assert all(1 <= t.params["depth"] <= layers for t in first.study.trials)  # "layers": the backbone's depth
+    rows = pd.read_csv(outputs / "results.csv")
+    test = rows[rows["split"] == "test"]
+    assert set(test["variant"]) == {"seg_vpt_deep · default", f"seg_vpt_deep · tuned ({first.study.study_name})"}
+    assert set(test["task"]) == {"segmentation"} and test["dice"].between(0, 1).all()
+    assert (first.run.path / "figures" / "search_best_vs_default.png").is_file()
+    from medkit.search import best_vs_default
+
+    assert {"val dice", "test dice"} <= set(best_vs_default(first.summary).columns)
+    again = search("seg_vpt_deep", "synth_skin", trials=3, **kw)
+    assert len(again.study.trials) == 3 and len(pd.read_csv(outputs / "results.csv")) == len(rows)
+    with pytest.raises(SearchError, match="seg_zeroshot has no hyperparameters to search.*trains nothing"):
+        search("seg_zeroshot", "synth_skin", trials=1, **kw)

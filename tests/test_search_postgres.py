@@ -61,7 +61,7 @@ def _command(url: str, outputs: Path, data_root: Path, study: str, trials: int, 
 
 
 def _ran(log_text: str) -> list[int]:
-    return [int(n) for n in re.findall(r"^trial (\d+): (?:val acc|pruned)", log_text, re.M)]
+    return [int(n) for n in re.findall(r"^trial (\d+): (?:validation|pruned)", log_text, re.M)]
 
 
 def test_two_workers_share_a_study_a_killed_one_leaves_it_usable_and_a_rerun_completes_it(postgres_url, tmp_path,

@@ -17,17 +17,18 @@ def figures(study, summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
     import warnings
 
     out = {}
+    target = f"val {(summary or {}).get('metric', 'acc')}"
     done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Target and region quantiles", category=UserWarning)  # few trials
-        out["history"] = ovm.plot_optimization_history(study, target_name="val acc").figure
+        out["history"] = ovm.plot_optimization_history(study, target_name=target).figure
         if len(done) >= 2 and len({k for t in done for k in t.params}) >= 1:
             try:
-                out["importances"] = ovm.plot_param_importances(study, target_name="val acc").figure
+                out["importances"] = ovm.plot_param_importances(study, target_name=target).figure
             except (RuntimeError, ValueError):  # every trial alike: nothing to attribute
                 pass
-            out["parallel"] = ovm.plot_parallel_coordinate(study, target_name="val acc").figure
+            out["parallel"] = ovm.plot_parallel_coordinate(study, target_name=target).figure
     for fig in out.values():
         fig.set_size_inches(8, 4.5)
         fig.tight_layout()
@@ -39,7 +40,8 @@ def figures(study, summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
             stds = [np.std(summary[c][split]) for c in labels]
             ax.bar(np.arange(2) + (j - 0.5) * 0.38, means, 0.38, yerr=stds, capsize=4, label=split)
         ax.set_xticks(range(2), ["default configuration", "best trial's"])
-        ax.set_ylabel("accuracy (mean ± std over seeds)")
+        metric = {"acc": "accuracy", "dice": "Dice"}.get(summary.get("metric", "acc"), summary.get("metric"))
+        ax.set_ylabel(f"{metric} (mean ± std over seeds)")
         ax.set_title(f"{study.study_name}: {len(summary['seeds'])} seeds", fontsize=9)
         ax.legend()
         fig.tight_layout()
@@ -48,14 +50,16 @@ def figures(study, summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
 
 def best_vs_default(summary: Mapping[str, Any]) -> pd.DataFrame:
-    """Default and best configuration: validation and test accuracy, mean ± std and per seed."""
+    """Default and best configuration: validation and test accuracy (Dice for a segmentation
+    study), mean ± std and per seed."""
     from medkit.reporting.tables import mean_std
 
+    metric = summary.get("metric", "acc")
     rows = []
     for name in ("default", "best"):
         part = summary[name]
         rows.append({"configuration": part["variant"],
-                     **{f"{split} acc": mean_std(float(np.mean(part[split])),
+                     **{f"{split} {metric}": mean_std(float(np.mean(part[split])),
                                                  float(np.std(part[split], ddof=1)) if len(part[split]) > 1 else np.nan)
                         for split in ("val", "test")},
                      **{f"test s{seed}": round(v, 3) for seed, v in zip(summary["seeds"], part["test"])}})

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -41,10 +41,20 @@ from medkit.methods.cocoop import MetaNet
 from medkit.methods.context import PromptContext
 from medkit.methods.deep import prompt_stack, resolve_depth
 from medkit.methods.maple import coupling_layers
+from medkit.methods.registry import Choice, FloatRange, IntRange, SearchSpace
 
 from .model import LearnableUpsampler, SegmentationModel, patch_size
 
 KINDS = ("zeroshot", "decoder", "finetune", "text", "visual", "multimodal")
+
+
+#: the VLSM poster's Optuna space (lr 1e-5–5e-3 log, weight decay 1e-5–1e-2 log, depth 1–10)
+#: with lr's top widened to 2e-2 so that it covers the CPU profiles' 1e-2 for prompts (a space
+#: file with `lr: {low: 1.0e-5, high: 5.0e-3, log: true}` gives the poster's exactly); the depth
+#: runs to the backbone's layers ("layers": 12 on CLIPSeg's ViT-B/16, as its depth 1–11/1–10)
+SEG_OPTIMISER_SPACE: SearchSpace = {"lr": FloatRange(1e-5, 2e-2, log=True),
+                                    "weight_decay": FloatRange(1e-5, 1e-2, log=True)}
+SEG_DEPTH_SPACE: SearchSpace = {**SEG_OPTIMISER_SPACE, "depth": IntRange(1, "layers")}
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,7 @@ class SegStrategySpec:
     name: str
     cls: type
     kind: str
+    search_space: SearchSpace = field(default_factory=dict)
 
     def options(self) -> dict[str, Any]:
         """The constructor's options and their defaults (after the model and the prompts)."""
@@ -67,12 +78,14 @@ class SegStrategySpec:
 SEG_STRATEGIES: dict[str, SegStrategySpec] = {}
 
 
-def register_seg(name: str, kind: str):
+def register_seg(name: str, kind: str, search_space: SearchSpace | None = None):
+    """`search_space`: what `python -m medkit search --method NAME` tunes (SegTrainConfig fields
+    and the strategy's options; `medkit.search`)."""
     if kind not in KINDS:
         raise ValueError(f"{name}: kind {kind!r} not in {KINDS}")
 
     def wrap(cls: type) -> type:
-        SEG_STRATEGIES[name] = SegStrategySpec(name, cls, kind)
+        SEG_STRATEGIES[name] = SegStrategySpec(name, cls, kind, dict(search_space or {}))
         cls.registry_name = name
         return cls
     return wrap
@@ -182,7 +195,7 @@ class SegZeroShot(_FixedText):
     cached = True
 
 
-@register_seg("seg_decoder", "decoder")
+@register_seg("seg_decoder", "decoder", SEG_OPTIMISER_SPACE)
 class SegDecoderOnly(_FixedText):
     """Only the decoder trains (the towers frozen and shared): MedVLSM's recipe for a fresh decoder."""
 
@@ -196,7 +209,7 @@ class SegDecoderOnly(_FixedText):
         return self.model.decoder
 
 
-@register_seg("seg_finetune", "finetune")
+@register_seg("seg_finetune", "finetune", SEG_OPTIMISER_SPACE)
 class SegFineTune(_FixedText):
     """Every weight of the model trains (the upper bound TuneVLSeg's tables compare with)."""
 
@@ -236,7 +249,7 @@ class _Context(SegStrategy):
         return self.adapter.encode_text_from_embeddings(emb, ids, deep_prompts=deep, prompt_positions=pos).float()[inverse]
 
 
-@register_seg("seg_coop", "text")
+@register_seg("seg_coop", "text", SEG_DEPTH_SPACE)
 class SegCoOp(_Context):
     """CoOp: `n_ctx` context vectors before the prompt. `depth` > 1 (a medkit option, for the
     depth sweep) also replaces the context positions at the input of text blocks 1..depth-1."""
@@ -253,7 +266,7 @@ class SegCoOp(_Context):
         return self.encode(index, [None, *self.deep_text] if len(self.deep_text) else None)
 
 
-@register_seg("seg_cocoop", "text")
+@register_seg("seg_cocoop", "text", SEG_OPTIMISER_SPACE)
 class SegCoCoOp(_Context):
     """CoCoOp: the context plus a meta-net bias from each image's pooled feature."""
 
@@ -272,7 +285,7 @@ class SegCoCoOp(_Context):
         return self.adapter.encode_text_from_embeddings(emb, ids).float()
 
 
-@register_seg("seg_vpt_deep", "visual")
+@register_seg("seg_vpt_deep", "visual", SEG_DEPTH_SPACE)
 class SegVPTDeep(_FixedText):
     """VPT-deep: `n_ctx` vision tokens (std 0.02) in the first `depth` image-tower blocks."""
 
@@ -288,7 +301,7 @@ class SegVPTDeep(_FixedText):
         return list(self.vision)
 
 
-@register_seg("seg_maple", "multimodal")
+@register_seg("seg_maple", "multimodal", SEG_DEPTH_SPACE)
 class SegMaPLe(_Context):
     """MaPLe: the text context (layer 0) and deep text prompts (layers 1..depth-1), each
     projected to the image tower's width as that layer's vision prompt."""
@@ -331,7 +344,8 @@ class _Shared(_Context):
         return self.encode(index, [None, *text[1:]], ctx=text[0])
 
 
-@register_seg("seg_shared_attn", "multimodal")
+@register_seg("seg_shared_attn", "multimodal",
+              {**SEG_DEPTH_SPACE, "heads": Choice((16, 20, 32)), "ff": Choice((1280, 1420))})
 class SegSharedAttention(_Shared):
     """One `[n_ctx, text_width + vision_width]` context per layer, all layers through one
     TransformerEncoderLayer (`heads`, feed-forward `ff`, dropout 0.1), split per side."""
@@ -351,7 +365,7 @@ class SegSharedAttention(_Shared):
         return list(mixed[..., :tw]), list(mixed[..., tw:])
 
 
-@register_seg("seg_shared_separate", "multimodal")
+@register_seg("seg_shared_separate", "multimodal", {**SEG_DEPTH_SPACE, "shared_dim": Choice((32, 64))})
 class SegSharedSeparate(_Shared):
     """One `[n_ctx, shared_dim]` context per layer projected to each side by a Linear."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
@@ -89,8 +89,10 @@ def predict_masks(strategy: SegStrategy, data: SegData, prompt: str, cache: Feat
 
 
 def fit_seg(strategy: SegStrategy, train: SegData, val: SegData | None, cfg: SegTrainConfig,
-            cache: FeatureCache | None = None, progress: bool | str = False, desc: str = "") -> pd.DataFrame:
-    """Train `strategy` in place; the per-epoch history (train loss, val loss and Dice, lr, s)."""
+            cache: FeatureCache | None = None, progress: bool | str = False, desc: str = "",
+            callbacks: Sequence[Callable[[dict], None]] = ()) -> pd.DataFrame:
+    """Train `strategy` in place; the per-epoch history (train loss, val loss and Dice, lr, s).
+    `callbacks` see every epoch's row once it is complete (a search's pruner)."""
     from .metrics import seg_scores
 
     device = torch.device(cfg.device)
@@ -134,6 +136,8 @@ def fit_seg(strategy: SegStrategy, train: SegData, val: SegData | None, cfg: Seg
             plateau.step(row["val_loss"])
         row["seconds"] = time.time() - t0
         history.append(row)
+        for callback in callbacks:
+            callback(row)
         if progress == "lines":
             print(f"{desc} epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.3f} "
                   f"val_dice {row.get('val_dice', float('nan')):.3f}", flush=True)
