@@ -25,7 +25,7 @@ and profile given:
   parallel-coordinate plot and best vs default.
 
 A segmentation strategy (`seg_coop`, `seg_maple`, …) is searched the same way on one
-segmentation dataset (`medkit.seg.search`: validation Dice, the VLSM poster's space, the
+segmentation dataset (`medkit.seg_search`: validation Dice, the VLSM poster's space, the
 strategy's test rows to results.csv); `shots` does not apply to it and `backbone` names the
 segmentation model (notebook 10's `model`).
 
@@ -329,7 +329,7 @@ def search(method: str, data: str, backbone: str = "", profile: str = "tiny", sh
            progress: bool = True, log: Callable[[str], None] = print) -> SearchResult:
     """Run (or resume) the study, then train best and default on `seeds`; see the module
     docstring. `method` is a registered few-shot method or a segmentation strategy
-    (`seg_coop`, …: `medkit.seg.search`; `shots` does not apply, `backbone` is the
+    (`seg_coop`, …: `medkit.seg_search`; `shots` does not apply, `backbone` is the
     segmentation model). `worker=i`: only this process's share of the trials (what
     `--workers` starts)."""
     import optuna
@@ -350,7 +350,7 @@ def search(method: str, data: str, backbone: str = "", profile: str = "tiny", sh
                           f"{'' if trains else ('; it trains nothing' if segmentation else '; it fits in closed form')}); "
                           "give --space FILE")
     if segmentation:
-        from medkit.seg.search import seg_target
+        from medkit.seg_search import seg_target
 
         target = seg_target(method, data, prof, space, backbone, seed, study, data_root, progress and worker is None)
     else:

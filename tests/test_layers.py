@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("selection", "experiment", "seg.experiment"),
     ("grids",),
     ("reporting",),
-    ("ui", "compare", "search", "sweep"),
+    ("ui", "compare", "search", "seg_search", "sweep"),
     ("workbook", "bench", "__main__", "__init__"),
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}

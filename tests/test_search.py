@@ -146,7 +146,7 @@ def test_the_budget_table_tells_a_plateau_from_a_curve_still_falling_and_finding
 
 def test_a_segmentation_strategy_is_searched_on_validation_dice_and_resumes(tmp_path, smoke_data, monkeypatch):
     import medkit.seg.train as seg_train
-    from medkit.seg.search import fit_space
+    from medkit.seg_search import fit_space
     from medkit.seg.strategies import SEG_STRATEGIES
 
     space = SEG_STRATEGIES["seg_shared_attn"].search_space

@@ -19,9 +19,9 @@ from typing import Any, Callable, Mapping, Sequence
 from medkit.methods.registry import Choice, SearchSpace
 from medkit.runs import Run, json_safe, sanitise
 
-from .experiment import SegExperiment, SegSetting
-from .strategies import SEG_STRATEGIES, build_strategy
-from .train import SegTrainConfig, fit_seg
+from medkit.seg.experiment import SegExperiment, SegSetting
+from medkit.seg.strategies import SEG_STRATEGIES, build_strategy
+from medkit.seg.train import SegTrainConfig, fit_seg
 
 SEG_TRAIN_FIELDS = frozenset(SegTrainConfig.__dataclass_fields__)
 
@@ -104,8 +104,8 @@ def seg_target(strategy: str, data: str, prof, space: SearchSpace, model: str, s
     from medkit.features import FeatureCache
     from medkit.search import SearchError, Target, space_json
 
-    from .data import load_seg_dataset
-    from .load import load_seg_model
+    from medkit.seg.data import load_seg_dataset
+    from medkit.seg.load import load_seg_model
 
     if SEG_STRATEGIES[strategy].kind == "zeroshot":
         raise SearchError(f"{strategy} trains nothing: there is nothing to search")
