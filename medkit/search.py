@@ -283,13 +283,12 @@ def step_budget_curves(exp: Experiment, setting: Setting, shots: int, seed: int,
 
 @dataclass
 class Target:
-    """What a study tunes: its name and recorded attributes, its space, a factory of its
-    objective (built in the process that runs trials) and the retraining of best vs default
-    into a run folder. `metric`: what the objective and the retrained rows report."""
+    """What a study tunes: its name and recorded attributes (the space searched among them), a
+    factory of its objective (built in the process that runs trials) and the retraining of best
+    vs default into a run folder. `metric`: what the objective and the retrained rows report."""
 
     name: str
     attrs: dict
-    space: SearchSpace
     objective: Callable[[], Callable]
     retrain: Callable[[Run, Mapping[str, Any], Sequence[int], Callable[[str], None]], dict]
     metric: str = "acc"
@@ -319,7 +318,7 @@ def few_shot_target(method: str, data: str, prof, space: SearchSpace, shots: int
 
     return Target(name, {"method": method, "dataset": dataset.id, "shots": shots, "seed": seed,
                          "backbone": adapter.name, "profile": prof.name, "space": space_json(space)},
-                  space, lambda: Objective(experiment(None), base, space, shots, seed), redo)
+                  lambda: Objective(experiment(None), base, space, shots, seed), redo)
 
 
 def search(method: str, data: str, backbone: str = "", profile: str = "tiny", shots: int = 16, seed: int = 1,
@@ -345,10 +344,12 @@ def search(method: str, data: str, backbone: str = "", profile: str = "tiny", sh
     outputs_root, data_root = Path(outputs_root), Path(data_root)
     space = load_space(method, space_file)
     if not space:
-        trains = SEG_STRATEGIES[method].kind != "zeroshot" if segmentation else get_spec(method).cls.trains_by_gradient
+        if segmentation:
+            why = "; it trains nothing" if SEG_STRATEGIES[method].kind == "zeroshot" else ""
+        else:
+            why = "" if get_spec(method).cls.trains_by_gradient else "; it fits in closed form"
         raise SearchError(f"{method} has no hyperparameters to search (its registry entry declares no search_space"
-                          f"{'' if trains else ('; it trains nothing' if segmentation else '; it fits in closed form')}); "
-                          "give --space FILE")
+                          f"{why}); give --space FILE")
     if segmentation:
         from medkit.seg_search import seg_target
 

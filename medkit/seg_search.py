@@ -16,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import torch
+
 from medkit.methods.registry import Choice, SearchSpace
 from medkit.runs import Run, json_safe, sanitise
 
@@ -65,8 +67,6 @@ class SegObjective:
             trial.report(float(row["val_dice"]), int(row["epoch"]))
             if trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {row['epoch']}: val Dice {row['val_dice']:.3f} below the median")
-
-        import torch
 
         torch.manual_seed(cfg.seed)
         strategy = build_strategy(self.strategy, self.exp.model, self.exp.prompts(self.dataset, cfg.prompt),
@@ -131,5 +131,5 @@ def seg_target(strategy: str, data: str, prof, space: SearchSpace, model: str, s
 
     attrs = {"method": strategy, "dataset": dataset, "shots": None, "seed": seed, "backbone": source,
              "profile": prof.name, "space": space_json(space)}
-    return Target(name, attrs, space, lambda: SegObjective(experiment(None), strategy, dataset, space, seed), redo,
+    return Target(name, attrs, lambda: SegObjective(experiment(None), strategy, dataset, space, seed), redo,
                   metric="dice")
