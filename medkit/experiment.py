@@ -29,8 +29,9 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -42,8 +43,8 @@ from medkit import distributed
 from medkit.backbones import BackboneAdapter
 from medkit.config import TrainConfig
 from medkit.data import Dataset, LabelSpace
-from medkit.features import CachedFeatures, FeatureCache, adapter_encoder
-from medkit.ledger import RowLedger, keep_trained, restore_trained
+from medkit.features import CachedFeatures, FeatureCache, adapter_encoder, module_digest
+from medkit.ledger import RowLedger, SharedRuns, keep_trained, resource_digest, restore_trained
 from medkit.methods import Ref, get_spec, options_json, setting_id
 from medkit.methods.base import MethodBase
 from medkit.profiles import Profile, get_profile
@@ -173,6 +174,21 @@ class ColumnMap(nn.Module):
         return out
 
 
+def source_digest(cls: type) -> str:
+    """Digest of the medkit source files a method class is defined by (its own and its medkit
+    bases') and of the training loop: a shared run trained before an edit to either is not
+    restored after it."""
+    import importlib
+    import inspect
+
+    files = {inspect.getsourcefile(c) for c in cls.__mro__ if c.__module__.startswith("medkit.")}
+    files.add(inspect.getsourcefile(importlib.import_module("medkit.train")))
+    h = hashlib.blake2b(digest_size=16)
+    for f in sorted(f for f in files if f):
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()
+
+
 def _relabelled(split, space: LabelSpace):
     """The split under a matched label space (same samples and targets, `seen` filled in)."""
     from medkit.data import Split
@@ -186,8 +202,9 @@ class Experiment:
     def __init__(self, run: Run | None, dataset: Dataset, adapter: BackboneAdapter | None, profile: Profile | str,
                  cache: FeatureCache | None = None, resources: Mapping[str, Any] | None = None,
                  task: Task = SINGLE_LABEL, data_root: str = "data", views: int = 8,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, shared: SharedRuns | None = None) -> None:
         self.run, self.dataset, self.adapter, self.task = run, dataset, adapter, task
+        self.shared = shared  # trained runs other notebooks may already have (None: train here)
         self.profile = get_profile(profile)
         self.cache = cache or FeatureCache.default()
         self.resources = {"descriptions": dataset.descriptions, "data_root": data_root, **(resources or {})}
@@ -245,9 +262,10 @@ class Experiment:
             # the references report the last epoch: validating every epoch would only cost
             # time (a text pass per validation image for image-conditioned methods)
             cfg = cfg.with_(validate=False)
-        if self.profile.few_shot_steps is None:
+        steps = self.profile.steps_at(sel.shots)
+        if steps is None:  # the references' epochs (the full and paper profiles)
             return cfg
-        return step_budget(cfg, len(sel.train.split), budget.steps or self.profile.few_shot_steps)
+        return step_budget(cfg, len(sel.train.split), budget.steps or steps)
 
     def _cap(self, setting: Setting, sel: Selection, part: Part) -> Part:
         n = get_spec(setting.method).budget(self.profile.name, setting.options).eval_images.get(sel.family)
@@ -279,6 +297,33 @@ class Experiment:
         return json_safe({"setting": setting.id, "seed": seed, "dataset": self.dataset.key, "protocol": sel.protocol,
                           "shots": sel.shots, "rows": rows.hexdigest(), "backbone": getattr(self.adapter, "name", None)})
 
+    def _shared_identity(self, method: nn.Module, setting: Setting, sel: Selection, cfg: TrainConfig,
+                         fp: dict) -> dict[str, Any] | None:
+        """Everything a trained run depends on beyond this run folder's fingerprint — the
+        resolved training config, the classes, the augmented views, the resources it is built
+        with, the source of its method and of the loop — or None where it cannot be shared
+        (no store, a run pruned by callbacks, a resource that does not pickle)."""
+        if self.shared is None or cfg.validate:  # validating runs are a search's: its trials are its own
+            return None
+        resources = {}
+        for key, value in setting.full_options.items():
+            if isinstance(value, Ref):
+                if value.name == "seed":
+                    continue
+                digest = resource_digest(self.resources.get(value.name))
+                if digest is None:
+                    return None
+                resources[key] = digest
+        # the frozen weights by content (a name can be rebuilt or reloaded from another folder) and
+        # the start of the trained parameters (the seed's initialisation, a prepared cache)
+        weights = module_digest(self.adapter) if isinstance(self.adapter, nn.Module) else module_digest(method)
+        start = hashlib.blake2b(digest_size=16)
+        for name, t in sorted(method.trainable_state().items()):
+            start.update(name.encode() + t.detach().cpu().contiguous().float().numpy().tobytes())
+        return json_safe({**fp, "config": asdict(cfg), "classes": list(sel.labels.classnames), "task": self.task.name,
+                          "views": self.views if cfg.augment else 0, "resources": resources, "weights": weights,
+                          "start": start.hexdigest(), "source": source_digest(type(method))})
+
     def _restore(self, method: nn.Module, tag: str, wanted: dict) -> pd.DataFrame | None:
         """A run this folder already finished: its trained state and history, or None."""
         found = restore_trained(self.run, tag, wanted, drop=("method", "variant", "seed"))
@@ -291,10 +336,12 @@ class Experiment:
 
     def train(self, method: nn.Module, setting: Setting, seed: int | None, sel: Selection,
               progress: bool | str = False, tag: str | None = None, fp: dict | None = None,
-              callbacks: Sequence[Callable[[dict, nn.Module], bool | None]] = ()) -> pd.DataFrame | None:
+              callbacks: Sequence[Callable[[dict, nn.Module], bool | None]] = (),
+              share: bool = True) -> pd.DataFrame | None:
         """prepare → fit (if the method trains by gradient; restored when this run folder
-        already finished it, resumed when it was interrupted) → finish. `callbacks` see every
-        epoch's history row, validation included (a search's pruner)."""
+        already finished it, resumed when it was interrupted, or found in `shared`) → finish.
+        `callbacks` see every epoch's history row, validation included (a search's pruner);
+        `share=False` for a run that does not start from the built method (an `init`)."""
         if _overrides(method, "prepare"):
             method.prepare(self._frozen(method, sel.train), self._frozen(method, sel.val))
         history = None
@@ -303,6 +350,13 @@ class Experiment:
             tag = tag or self._tag(setting, sel, seed)
             fp = fp or self.fingerprint(setting, sel, seed)
             history = self._restore(method, tag, fp)
+            identity = self._shared_identity(method, setting, sel, cfg, fp) if share and history is None else None
+            if identity is not None and (found := self.shared.get(identity)) is not None:
+                state, history = found
+                method.load_trainable_state(state)
+                method.eval()
+                self.log(f"{setting.method} · {setting.variant} · seed {seed}: trained before "
+                         f"({self.shared.path(identity).name} in {self.shared.root})")
             if history is None:
                 train = self._inputs(method, sel.train)
                 if cfg.augment and sel.train_views is not None and method.uses_cached_features:
@@ -312,6 +366,8 @@ class Experiment:
                 history = fit(method, train, self._inputs(method, val), cfg, progress=progress, cache=self.cache,
                               desc=f"{setting.method} {setting.variant} s{seed}", checkpoint_dir=state_dir,
                               resume=state_dir is not None, fingerprint=fp, callbacks=callbacks)
+                if identity is not None:
+                    self.shared.put(identity, method.trainable_state(), history)
         if _overrides(method, "finish"):
             method.finish(self._frozen(method, sel.val))
         return history
@@ -374,7 +430,7 @@ class Experiment:
             method = self.build(setting, sel.labels.classnames, seed)
             if init is not None:
                 init(method)
-            history = None if data_free else self.train(method, setting, seed, sel, progress, tag, fp)
+            history = None if data_free else self.train(method, setting, seed, sel, progress, tag, fp, share=init is None)
             train_s = 0.0 if data_free else time.time() - t
             # methods for other label sets (novel classes) are built before any evaluation, so the
             # global RNG they are built under does not depend on what was evaluated first

@@ -5,10 +5,15 @@
   again in the same folder (`--resume`) appends none twice;
 - `keep_trained` / `restore_trained`: a trained run's parameters (`checkpoints/<tag>.pt`, with
   the fingerprint of what it belongs to) and history (`histories/<tag>.csv`); restoring a
-  checkpoint of another configuration under the same name is a `ResumeError` naming what differs.
+  checkpoint of another configuration under the same name is a `ResumeError` naming what differs;
+- `SharedRuns`: trained runs shared between run folders (`data/trained/`), found by a digest
+  of everything a run depends on.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
@@ -79,3 +84,55 @@ def restore_trained(run: Run | None, tag: str, fingerprint: Mapping[str, Any], d
     steps = hist.with_name(f"{hist.stem}_steps.csv")
     history.attrs["steps"] = pd.read_csv(steps) if steps.is_file() else pd.DataFrame()
     return saved, history
+
+
+class SharedRuns:
+    """Trained runs shared between run folders — notebooks that train the same setting on
+    the same draw (07's and 08's K=16 prompt learners, 12's default configuration) train it
+    once. An entry is found by the digest of everything the run depends on (`shared_identity`):
+    a run differing in any of it is a different entry, never a stale one."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @staticmethod
+    def digest(identity: Mapping[str, Any]) -> str:
+        return hashlib.blake2b(json.dumps(identity, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+
+    def path(self, identity: Mapping[str, Any]) -> Path:
+        return self.root / f"{self.digest(identity)}.pt"
+
+    def get(self, identity: Mapping[str, Any]) -> tuple[dict, pd.DataFrame] | None:
+        """(trainable state, history with its steps in attrs) of an entry, or None."""
+        path = self.path(identity)
+        if not path.is_file():
+            return None
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if saved.get("identity") != json.loads(json.dumps(identity, sort_keys=True, default=str)):
+            return None  # a digest collision or a hand-edited file: train instead
+        history = pd.DataFrame(saved["history"])
+        history.attrs["steps"] = pd.DataFrame(saved["steps"])
+        return saved["state"], history
+
+    def put(self, identity: Mapping[str, Any], state: Mapping[str, torch.Tensor], history: pd.DataFrame) -> None:
+        if not distributed.is_main():
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        steps = history.attrs.get("steps")
+        atomic_torch_save({"identity": json.loads(json.dumps(identity, sort_keys=True, default=str)),
+                           "state": dict(state), "history": history.to_dict("list"),
+                           "steps": steps.to_dict("list") if steps is not None else {}}, self.path(identity))
+
+
+def resource_digest(value: Any) -> str | None:
+    """Digest of a resource a method is built with (descriptions, LLM representations), or
+    None where it does not pickle (then the run is not shared)."""
+    import io
+    import pickle
+
+    try:
+        buf = io.BytesIO()
+        torch.save(value, buf, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 — anything unpicklable: no digest, no sharing
+        return None
+    return hashlib.blake2b(buf.getvalue(), digest_size=16).hexdigest()

@@ -158,6 +158,22 @@ def test_config_layers_reference_profile_budget_and_overrides(tiny_dataset, adap
         tiny.config(Setting("coop", "x", {}, {"learning_rate": 1}), 1, sel)
 
 
+def test_few_shot_steps_per_k_reach_the_run_config(tiny_dataset, adapters, tmp_path):
+    """A profile's step budget per K: the value at the largest K not above the run's (the
+    smallest K's below it; keys read back from JSON are strings), and a K-shot run trains that
+    many optimizer steps (CoOp's tiny batch of 128 holds the whole draw: one step per epoch)."""
+    from dataclasses import replace
+
+    prof = replace(get_profile("tiny"), few_shot_steps={1: 3, "2": 8, 16: 20})
+    assert [prof.steps_at(k) for k in (0, 1, 2, 3, 15, 16, 32)] == [3, 3, 8, 8, 8, 20, 20]
+    assert get_profile("smoke").steps_at(16) == get_profile("smoke").few_shot_steps  # one number: every K
+    assert get_profile("full").steps_at(16) is None
+    exp = Experiment(None, tiny_dataset, adapters["native"], prof, FeatureCache(tmp_path / "c"), views=0)
+    for k, steps in ((1, 3), (2, 8)):
+        cfg = exp.config(Setting("coop", "CoOp", COOP.options), 1, exp.few_shot_selection(k, 1))
+        assert cfg.batch_size == 4 * k and cfg.epochs == steps, (k, cfg)
+
+
 def test_step_budget():
     cfg = TrainConfig(epochs=50, batch_size=32)
     assert step_budget(cfg, 12, 12).epochs == 12 and step_budget(cfg, 12, 12).batch_size == 12
@@ -277,6 +293,46 @@ def test_running_again_in_the_same_run_folder_restores_finished_runs_and_writes_
     torch.save(saved, ckpt)
     with pytest.raises(ResumeError, match=r"differs in \['seed'\]"):
         experiment(run, tiny_dataset, adapters, tmp_path).few_shot([COOP], shots=[1], seeds=[1])
+
+
+def test_a_run_trained_by_one_notebook_is_restored_by_another_through_the_shared_store(
+        tiny_dataset, adapters, tmp_path, one_thread, monkeypatch):
+    """Two run folders (07 and 08 training the same K=16 prompt learners) train a setting once
+    when they share a store; anything the run depends on — its config, a resource it is built
+    with, a start other than the built method — makes it another entry, trained again."""
+    import medkit.experiment as experiment_module
+    from medkit.ledger import SharedRuns
+
+    shared = SharedRuns(tmp_path / "trained")
+    biomed = Setting("biomedcoop", "BiomedCoOp", {"ensembles": Ref("descriptions")}, {"batch_size": 4})
+
+    def exp(name, descriptions=None):
+        ex = experiment(start_run(name, "smoke", {}, tmp_path / "out"), tiny_dataset, adapters, tmp_path)
+        ex.shared = shared
+        if descriptions is not None:
+            ex.resources["descriptions"] = descriptions
+        return ex
+
+    first = exp("07_test").few_shot([COOP, biomed], shots=[1], seeds=[1])
+    assert len(list(shared.root.glob("*.pt"))) == 2
+    real_fit = experiment_module.fit
+    trained = []
+    monkeypatch.setattr(experiment_module, "fit", lambda m, *a, **k: trained.append(type(m).__name__) or real_fit(m, *a, **k))
+    again = exp("08_test").few_shot([COOP, biomed], shots=[1], seeds=[1])
+    assert trained == [], "a run the store holds was trained again"
+    for a, b in zip(first, again):
+        assert a.row["acc"] == b.row["acc"] and a.row["f1_macro"] == b.row["f1_macro"]
+        torch.testing.assert_close(a.method.trainable_state(), b.method.trainable_state(), rtol=0, atol=0)
+        pd.testing.assert_frame_equal(a.history.attrs["steps"], b.history.attrs["steps"], check_dtype=False)
+
+    lr = Setting(COOP.method, COOP.variant, COOP.options, {**COOP.train, "lr": 0.5})
+    other = {k: [f"a sketch of {k}"] for k in tiny_dataset.labels.classnames}
+    exp("08_lr").few_shot([lr], shots=[1], seeds=[1])
+    exp("08_descriptions", descriptions=other).few_shot([biomed], shots=[1], seeds=[1])
+    ex = exp("08_init")
+    ex.run_one(COOP, 1, ex.few_shot_selection(1, 1), init=lambda m: None)
+    assert trained == ["CoOp", "BiomedCoOp", "CoOp"]
+    assert len(list(shared.root.glob("*.pt"))) == 4  # the lr and descriptions runs: new entries; an init: none
 
 
 def test_a_derived_split_is_saved_in_the_run_folder_and_reads_back(tmp_path, adapters, one_thread):
