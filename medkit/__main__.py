@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
                     "(notebook 10's model parameter)")
     se.add_argument("--profile", default="tiny", choices=PROFILE_CHOICES)
     se.add_argument("--shots", type=int, default=16, metavar="K")
-    se.add_argument("--seed", type=int, default=1, help="the seed of the K-shot draw the study tunes on")
+    se.add_argument("--seed", type=int, default=1, help="the seed of the first K-shot draw the study tunes on")
+    se.add_argument("--draws", type=int, default=2, help="K-shot draws (seeds SEED, SEED+1, …) whose mean "
+                    "validation accuracy a trial scores: one draw's 4 validation images per class reward luck")
     se.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="seeds best and default are retrained on")
     se.add_argument("--trials", type=int, default=20, help="trials in the study in all (workers share them)")
     se.add_argument("--workers", type=int, default=1, help="processes on the one study (one GPU each where there are)")
@@ -235,7 +237,7 @@ def _search(args, argv: list[str]) -> int:
     try:
         result = search(args.method, args.dataset, args.backbone, args.profile, args.shots, args.seed, args.seeds,
                         args.trials, args.workers, args.storage, args.study, args.space, args.outputs, args.data_root,
-                        args.device, args.worker, _worker_argv(argv))
+                        args.device, args.worker, _worker_argv(argv), draws=args.draws)
     except (SearchError, KeyError, FileNotFoundError) as e:
         print(f"✗ search: {e}", file=sys.stderr)
         return 1

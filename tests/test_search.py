@@ -115,6 +115,41 @@ def test_a_search_tunes_on_validation_only_then_resumes_its_study(tmp_path, smok
         search("coop", "synth_ortho12", trials=4, study=first.study.study_name, **{**kw, "shots": 1})
 
 
+def test_a_trial_scores_the_mean_validation_accuracy_of_its_draws_and_reports_them_apart(
+        tiny_dataset, adapters, tmp_path, monkeypatch):
+    """One K-shot draw's validation set is a few images per class: a trial trains and
+    validates on `draws` draws (seeds seed, seed+1, …) and scores their mean; the pruner sees
+    draw i's epochs at steps i·100000 + epoch, so trials are compared draw by draw."""
+    import medkit.search as search_module
+    from medkit.experiment import Setting
+    from medkit.features import FeatureCache
+    from medkit.search import Objective
+
+    exp = Experiment(None, tiny_dataset, adapters["native"], "smoke", FeatureCache(tmp_path / "c"), views=0,
+                     log=lambda _: None)
+    base = Setting("coop", "CoOp", {"n_ctx": None, "ctx_init": "a photo of a"})
+    objective = Objective(exp, base, {"lr": FloatRange(1e-3, 1e-1, log=True)}, 1, 5, draws=2)
+    trained, scores = [], []
+    train, score = Experiment.train, search_module.validation_score
+    monkeypatch.setattr(Experiment, "train", lambda self, m, st, seed, sel, **k: trained.append((seed, sel))
+                        or train(self, m, st, seed, sel, **k))
+    monkeypatch.setattr(search_module, "validation_score", lambda *a: scores.append(score(*a)) or scores[-1])
+
+    class Recorded(FixedTrial):
+        steps: list[int] = []
+
+        def report(self, value, step):
+            self.steps.append(step)
+
+    value = objective(Recorded({"lr": 0.01}))
+    assert [seed for seed, _ in trained] == [5, 6]
+    assert [s.path for s in trained[0][1].train.split.samples] != [s.path for s in trained[1][1].train.split.samples]
+    assert value == pytest.approx(sum(scores) / 2) and len(scores) == 2
+    assert Recorded.steps and {st // 100_000 for st in Recorded.steps} == {0, 1}
+    with pytest.raises(SearchError, match="at least one K-shot draw"):
+        Objective(exp, base, {}, 1, 5, draws=0)
+
+
 def test_a_method_without_a_space_is_refused_with_the_way_out(tmp_path, smoke_data):
     with pytest.raises(SearchError, match="linear_probe has no hyperparameters to search.*closed form.*--space"):
         search("linear_probe", "synth_ortho12", profile="smoke", outputs_root=tmp_path, data_root=smoke_data,
@@ -127,6 +162,24 @@ def test_the_cli_starts_workers_without_their_own_workers_flag():
     argv = ["search", "--method", "coop", "--workers", "2", "--trials", "4", "--workers=3"]
     assert _worker_argv(argv) == ["--method", "coop", "--trials", "4"]
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_cpu_workers_split_the_cores_between_them_and_keep_a_thread_count_the_user_set(tmp_path, monkeypatch):
+    """Each worker using every core oversubscribes them (a 12 s trial took 130-200 s with two
+    workers on 2 cores): without GPUs each of N workers gets cores // N threads."""
+    import medkit.studies as studies
+
+    envs = []
+    monkeypatch.setattr(studies, "visible_gpus", lambda: [])
+    monkeypatch.setattr(studies.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(studies.subprocess, "Popen", lambda argv, env, **k: envs.append(env))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    studies.start_workers(["--method", "coop"], 3, tmp_path)
+    assert [e["OMP_NUM_THREADS"] for e in envs] == ["2", "2", "2"]
+    envs.clear()
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    studies.start_workers(["--method", "coop"], 2, tmp_path)
+    assert [e["OMP_NUM_THREADS"] for e in envs] == ["5", "5"]
 
 
 def test_the_budget_table_tells_a_plateau_from_a_curve_still_falling_and_findings_name_both_splits():
