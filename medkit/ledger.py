@@ -89,15 +89,19 @@ def restore_trained(run: Run | None, tag: str, fingerprint: Mapping[str, Any], d
 class SharedRuns:
     """Trained runs shared between run folders — notebooks that train the same setting on
     the same draw (07's and 08's K=16 prompt learners, 12's default configuration) train it
-    once. An entry is found by the digest of everything the run depends on (`shared_identity`):
+    once. An entry is found by the digest of everything the run depends on (what
+    `Experiment._shared_identity` gathers):
     a run differing in any of it is a different entry, never a stale one."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
     @staticmethod
-    def digest(identity: Mapping[str, Any]) -> str:
-        return hashlib.blake2b(json.dumps(identity, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+    def canonical(identity: Mapping[str, Any]) -> str:
+        return json.dumps(identity, sort_keys=True, default=str)
+
+    def digest(self, identity: Mapping[str, Any]) -> str:
+        return hashlib.blake2b(self.canonical(identity).encode(), digest_size=16).hexdigest()
 
     def path(self, identity: Mapping[str, Any]) -> Path:
         return self.root / f"{self.digest(identity)}.pt"
@@ -108,7 +112,7 @@ class SharedRuns:
         if not path.is_file():
             return None
         saved = torch.load(path, map_location="cpu", weights_only=False)
-        if saved.get("identity") != json.loads(json.dumps(identity, sort_keys=True, default=str)):
+        if saved.get("identity") != self.canonical(identity):
             return None  # a digest collision or a hand-edited file: train instead
         history = pd.DataFrame(saved["history"])
         history.attrs["steps"] = pd.DataFrame(saved["steps"])
@@ -119,7 +123,7 @@ class SharedRuns:
             return
         self.root.mkdir(parents=True, exist_ok=True)
         steps = history.attrs.get("steps")
-        atomic_torch_save({"identity": json.loads(json.dumps(identity, sort_keys=True, default=str)),
+        atomic_torch_save({"identity": self.canonical(identity),
                            "state": dict(state), "history": history.to_dict("list"),
                            "steps": steps.to_dict("list") if steps is not None else {}}, self.path(identity))
 

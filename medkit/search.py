@@ -197,7 +197,6 @@ class Objective:
             raise SearchError(f"draws={draws}: the objective needs at least one K-shot draw")
         self.exp, self.base, self.space, self.seed = exp, base, space, seed
         self.sels = [exp.few_shot_selection(shots, seed + i) for i in range(draws)]
-        self.sel = self.sels[0]
 
     def setting(self, options: Mapping[str, Any], train: Mapping[str, Any], variant: str) -> Setting:
         return Setting(self.base.method, variant, {**self.base.options, **options}, {**self.base.train, **train})
